@@ -1,0 +1,40 @@
+"""Error types. Each names the file, field or value at fault so a user can act on it."""
+
+
+class MellmError(Exception):
+    """Base class for errors the user can fix (bad input, bad config). The CLI prints these
+    without a traceback."""
+
+
+class LabelError(MellmError, ValueError):
+    """A label (AU code, emotion, class) that is not in the vocabulary."""
+
+
+class ClipError(MellmError):
+    """A clip cannot be used. `reason` is a short machine-readable tag for failure files."""
+
+    reason = "clip"
+
+
+class ClipNotFoundError(ClipError, FileNotFoundError):
+    reason = "not_found"
+
+
+class UnreadableClipError(ClipError):
+    reason = "unreadable"
+
+
+class EmptyClipError(ClipError):
+    reason = "empty"
+
+
+class FrameRangeError(ClipError, ValueError):
+    reason = "frame_range"
+
+
+class NoFaceError(ClipError):
+    reason = "no_face"
+
+
+class ConfigError(MellmError, ValueError):
+    """A config file or override that cannot be used."""

