@@ -59,9 +59,9 @@ def synth(
 def analyze(
     clip: Path = typer.Argument(..., help="A video file or a folder of frames (img1.jpg, img2.jpg, ...)."),
     out: Path = typer.Option(..., help="Output folder: evidence.json, flow.png, description.txt."),
-    onset: Optional[int] = typer.Option(None, help="Onset frame (1-based). Default: the first frame."),
-    apex: Optional[int] = typer.Option(None, help="Apex frame (1-based). Default: spotted from motion."),
-    offset: Optional[int] = typer.Option(None, help="Offset frame (1-based); bounds apex spotting."),
+    onset: Optional[int] = typer.Option(None, help="Onset frame, numbered as the annotation files do. Default: the first frame."),
+    apex: Optional[int] = typer.Option(None, help="Apex frame. Default: spotted from the motion curve."),
+    offset: Optional[int] = typer.Option(None, help="Offset frame; bounds apex spotting."),
     flow: str = typer.Option("tvl1", help="Optical flow: tvl1, dis or farneback."),
     fps: Optional[float] = typer.Option(None, help="Frame rate of a frame folder (videos carry their own)."),
 ):
@@ -73,6 +73,15 @@ def analyze(
     save_analysis(result, out)
     typer.echo(result.evidence.description)
     typer.echo(f"\nwrote {out / 'evidence.json'}, {out / 'flow.png'}, {out / 'description.txt'}", err=True)
+
+
+from eval.cli import app as eval_app  # noqa: E402
+
+app.add_typer(eval_app, name="eval")
+
+from train.cli import register as register_train  # noqa: E402  (train, merge, export, tiny-model)
+
+register_train(app)
 
 
 def main() -> None:  # pragma: no cover

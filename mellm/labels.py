@@ -93,6 +93,20 @@ AU_ALIASES: dict[str, int] = {
     "jaw dropper": 26,
     "brow lower": 4,
     "brow lowering": 4,
+    # Variants seen in model answers (our evaluation must not call these unparsed).
+    "lips parted": 25,
+    "lip presser": 24,
+    "nose wrinkle": 9,
+    "dimple": 14,
+    "inner brow raise": 1,
+    "outer brow raise": 2,
+    "upper lid raise": 5,
+    "upper lip raise": 10,
+    "lip corner pull": 12,
+    "lip corner depress": 15,
+    "jaw drops": 26,
+    "eyes closure": 43,
+    "neck tighten": 21,
 }
 
 AU_BY_NAME: dict[str, int] = {name: num for num, name in AU_NAMES.items()} | AU_ALIASES
@@ -136,6 +150,15 @@ EMOTION_SYNONYMS: dict[str, str] = {
     "contemptuous": "contempt",
     "other": "others",
     "others": "others",
+    "frightened": "fear",
+    "astonished": "surprise",
+    "astonishment": "surprise",
+    "amazed": "surprise",
+    "amazement": "surprise",
+    "disgusting": "disgust",
+    "sorrow": "sadness",
+    "sorrowful": "sadness",
+    "unhappy": "sadness",
 }
 
 COARSE_SYNONYMS: dict[str, str] = {

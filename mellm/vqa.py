@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from mellm.errors import LabelError
-from mellm.labels import AULabel, au_from_name, au_name, format_au_list
+from mellm.labels import AU_NAMES, AULabel, au_from_name, au_name, format_au_list
 
 
 class QType(str, Enum):
@@ -42,35 +42,52 @@ _ORDINALS = {
     "first": 1, "second": 2, "third": 3, "fourth": 4, "fifth": 5,
     "sixth": 6, "seventh": 7, "eighth": 8, "ninth": 9, "tenth": 10, "last": -1,
 }
-_AU_IN_QUESTION = re.compile(r"is the action unit (?P<name>.+?) (?:shown|present|located|visible)", re.I)
+# A question about one named AU. Anchored at the start of a sentence or clause so that the combined
+# question ("What is the action unit present, and ...") never reads as one.
+_AU_IN_QUESTION = re.compile(
+    r"(?:^|[,.;:?!] )(?:is|are) (?:the )?(?:action units?|aus?) (?P<name>.+?) "
+    r"(?:shown|present|located|visible|activated|active|observed|seen|displayed|found|on)\b"
+)
+# 2026 / free phrasings naming the AU after the verb or asking for its side.
+_AU_IN_FREE_QUESTION = (
+    re.compile(r"(?:^|[,.;:?!] )(?:is|are) (?:the )?(?P<name>au ?\d{1,2}) (?:shown|present|located|visible|activated|active|on)\b"),
+    re.compile(r"\b(?:does|do|did) (?:the )?(?:face|subject|person|video|clip) (?:show|display|contain|exhibit|have) "
+               r"(?:the )?(?:action unit|au) (?P<name>.+?)\??$"),
+    re.compile(r"\bwhich side (?:of the face )?(?:is|does|do) (?:the )?(?:action unit|au) (?P<name>.+?)"
+               r"(?: (?:located|shown|present|appear|occur)\w*)?(?: on)?\??$"),
+)
+_MENTIONS_AU = re.compile(r"\baction units?\b|\baus?\b|\bau\d")
+_EVENT_ORDINAL = re.compile(
+    r"\b(?:type|kind) of (?:the )?(\w+) (?:expression |micro-expression |macro-expression |micro |macro )?event"
+    r"|\bthe (\w+) (?:expression |micro-expression |macro-expression |micro |macro )?event\b"
+)
 
 
 def classify_question(text: str) -> Question:
     """Question text (any MEGC phrasing) -> Question. Unrecognised text gives QType.UNKNOWN."""
-    q = " ".join(text.lower().split())
-    m = _AU_IN_QUESTION.search(q)
-    if m:
-        try:
-            au = au_from_name(m["name"])
-        except LabelError:
-            au = _au_from_code(m["name"])
-        if au is None:
-            return Question(QType.UNKNOWN)
-        qtype = QType.AU_SIDE if ("left or right" in q or "which side" in q) else QType.AU_YESNO
-        return Question(qtype, au=au)
-    if "how many" in q and "event" in q:
+    q = " ".join(text.lower().replace("\u2019", "'").split())
+    au_question = _au_question(q)
+    if au_question is not None:
+        return au_question
+    if "how many" in q and ("event" in q or "expression" in q) and "action unit" not in q:
         kind = "micro" if "micro" in q else "macro" if "macro" in q else "all"
         return Question(QType.LV_COUNT, event_kind=kind)
     if "distinct action unit" in q or ("action unit" in q and "in this video" in q and "appear" in q):
         return Question(QType.LV_AUS)
-    m = re.search(r"(?:expression )?type of the (\w+) (?:expression |micro-expression |macro-expression )?event", q)
-    if m:
-        return Question(QType.LV_EVENT_TYPE, k=_ordinal(m.group(1)))
-    if "analy" in q and ("detail" in q or "micro-expression" in q):
+    if ("type" in q or "kind" in q) and "event" in q:
+        m = _EVENT_ORDINAL.search(q)
+        if m:
+            try:
+                return Question(QType.LV_EVENT_TYPE, k=_ordinal(m.group(1) or m.group(2)))
+            except LabelError:
+                return Question(QType.UNKNOWN)
+    if ("analy" in q and ("detail" in q or "micro-expression" in q)) or (
+        ("describe" in q or "explain" in q) and ("expression" in q or "face" in q or "video" in q)
+    ):
         return Question(QType.ANALYSIS)
-    mentions_au = "action unit" in q
+    mentions_au = bool(_MENTIONS_AU.search(q))
     mentions_fine = "fine-grained" in q or "fine grained" in q or "fine " in q
-    mentions_coarse = "coarse" in q
+    mentions_coarse = "coarse" in q or ("positive" in q and "negative" in q)
     if mentions_au and (mentions_fine or mentions_coarse):
         return Question(QType.COMBINED)
     if mentions_au:
@@ -79,12 +96,54 @@ def classify_question(text: str) -> Question:
         return Question(QType.FINE)
     if mentions_coarse:
         return Question(QType.COARSE)
+    if "emotion" in q:  # "What emotion is shown?" asks for the fine class
+        return Question(QType.FINE)
     return Question(QType.UNKNOWN)
 
 
+def _au_question(q: str) -> Question | None:
+    """A yes/no or left/right question about one AU; None when q is not one. A question that has
+    that shape but names no known AU is UNKNOWN rather than silently becoming an AU-list question."""
+    m = _AU_IN_QUESTION.search(q)
+    if not m:
+        for pattern in _AU_IN_FREE_QUESTION:
+            m = pattern.search(q)
+            if m:
+                break
+    if not m:
+        return None
+    au = _au_in(m["name"])
+    if au is None:
+        return Question(QType.UNKNOWN)
+    qtype = QType.AU_SIDE if ("left or right" in q or "which side" in q) else QType.AU_YESNO
+    return Question(qtype, au=au)
+
+
+def _au_in(name: str) -> int | None:
+    """"lip corner puller", "AU12", "12", "lip corner puller (AU12)" -> 12."""
+    name = name.strip(" ?.")
+    try:
+        return au_from_name(name)
+    except LabelError:
+        pass
+    au = _au_from_code(name)
+    if au is not None:
+        return au
+    m = re.fullmatch(r"(.+?)\s*\((.+)\)", name)  # a name with its code, or a code with its name
+    if m:
+        for part in (m.group(1), m.group(2)):
+            try:
+                return au_from_name(part)
+            except LabelError:
+                au = _au_from_code(part)
+                if au is not None:
+                    return au
+    return None
+
+
 def _au_from_code(text: str) -> int | None:
-    m = re.fullmatch(r"(?:au)?\s*(\d{1,2})", text.strip())
-    return int(m.group(1)) if m else None
+    m = re.fullmatch(r"(?:au|action unit)?\s*(\d{1,2})", text.strip())
+    return int(m.group(1)) if m and int(m.group(1)) in AU_NAMES else None
 
 
 def _ordinal(word: str) -> int:

@@ -1,0 +1,180 @@
+"""Reading clips: a video file (decord, PyAV when decord can't) or a folder of frames.
+
+Frames are addressed by the numbers the datasets' annotation files use. In a video that is the
+1-based position. In a frame folder whose file names number the frames (CASME II's `img46.jpg`,
+SAMM's `006_05562.jpg`) it is the number in the name, so an annotated onset of 46 reads
+`img46.jpg` even when the folder starts there; otherwise it is the 1-based position in natural
+order. Frames come back as RGB uint8.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import cv2
+import numpy as np
+
+from mellm.errors import ClipNotFoundError, EmptyClipError, FrameRangeError, UnreadableClipError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
+VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".mov", ".webm", ".mpg", ".mpeg", ".m4v", ".wmv", ".flv"}
+
+
+def natural_key(path: Path) -> list:
+    """img2.jpg before img10.jpg."""
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", path.name)]
+
+
+def list_frame_files(folder: Path) -> list[Path]:
+    return sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()), key=natural_key)
+
+
+def frame_numbers(files: list[Path]) -> list[int]:
+    """The number each file's name carries (its last integer) when those numbers strictly increase
+    in natural order; otherwise the positions 1..N."""
+    numbers = []
+    for f in files:
+        found = re.findall(r"\d+", f.stem)
+        if not found:
+            break
+        numbers.append(int(found[-1]))
+    if len(numbers) == len(files) and all(b > a for a, b in zip(numbers, numbers[1:])):
+        return numbers
+    return list(range(1, len(files) + 1))
+
+
+@dataclass
+class Clip:
+    """An opened clip. `read(n)` returns the frame numbered n (see the module docstring)."""
+
+    path: Path
+    frame_numbers: list[int]
+    fps: float | None
+    kind: str  # "frames" | "video"
+    frame_files: list[Path] = field(default_factory=list, repr=False)
+    _video: object = field(default=None, repr=False)
+    _backend: str = ""
+
+    def __post_init__(self):
+        self._position = {n: i for i, n in enumerate(self.frame_numbers)}
+
+    @property
+    def n_frames(self) -> int:
+        return len(self.frame_numbers)
+
+    @property
+    def first_frame(self) -> int:
+        return self.frame_numbers[0]
+
+    @property
+    def last_frame(self) -> int:
+        return self.frame_numbers[-1]
+
+    def check_frame(self, n: int, what: str = "frame") -> None:
+        if n not in self._position:
+            raise FrameRangeError(f"{what} {n} is out of range for {self.path} (frames {self.first_frame}..{self.last_frame})")
+
+    def numbers_between(self, first: int, last: int) -> list[int]:
+        """Frame numbers n with first <= n <= last, in order."""
+        return [n for n in self.frame_numbers if first <= n <= last]
+
+    def read(self, n: int) -> np.ndarray:
+        return self.read_many([n])[0]
+
+    def read_many(self, frames: Sequence[int]) -> list[np.ndarray]:
+        for n in frames:
+            self.check_frame(n)
+        index = [self._position[n] for n in frames]
+        if self.kind == "frames":
+            return [_read_image(self.frame_files[i]) for i in index]
+        if self._backend == "decord":
+            try:
+                batch = self._video.get_batch(index).asnumpy()
+            except Exception as e:  # decord raises its own error types
+                raise UnreadableClipError(f"cannot decode frames {list(frames)} of {self.path}: {e}") from e
+            return [np.ascontiguousarray(f) for f in batch]
+        return _pyav_read(self.path, frames)
+
+
+def open_clip(path: str | Path, fps: float | None = None) -> Clip:
+    """Open a video file or a frame folder. Raises ClipNotFoundError, EmptyClipError or
+    UnreadableClipError with the path in the message."""
+    path = Path(path)
+    if not path.exists():
+        raise ClipNotFoundError(f"clip not found: {path}")
+    if path.is_dir():
+        files = list_frame_files(path)
+        if not files:
+            raise EmptyClipError(f"no frames ({', '.join(sorted(IMAGE_SUFFIXES))}) in folder {path}")
+        return Clip(path, frame_numbers(files), fps, "frames", frame_files=files)
+    if path.stat().st_size == 0:
+        raise EmptyClipError(f"video file is empty: {path}")
+    return _open_video(path, fps)
+
+
+def _read_image(file: Path) -> np.ndarray:
+    img = cv2.imread(str(file), cv2.IMREAD_COLOR)
+    if img is None:
+        raise UnreadableClipError(f"cannot read image {file}")
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def _open_video(path: Path, fps: float | None) -> Clip:
+    decord_error = None
+    try:
+        import decord
+
+        vr = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
+        n = len(vr)
+        if n > 0:
+            return Clip(path, list(range(1, n + 1)), fps or float(vr.get_avg_fps()), "video", _video=vr, _backend="decord")
+    except ImportError:
+        pass
+    except Exception as e:  # decord's DECORDError and friends: try PyAV before giving up
+        decord_error = e
+    n, video_fps = _pyav_probe(path, decord_error)
+    return Clip(path, list(range(1, n + 1)), fps or video_fps, "video", _backend="pyav")
+
+
+def _pyav_probe(path: Path, earlier: Exception | None) -> tuple[int, float | None]:
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise UnreadableClipError(f"no video stream in {path}")
+            stream = container.streams.video[0]
+            n = sum(1 for _ in container.decode(stream))
+            rate = float(stream.average_rate) if stream.average_rate else None
+    except UnreadableClipError:
+        raise
+    except Exception as e:
+        detail = f"{e}" + (f"; decord: {earlier}" if earlier else "")
+        raise UnreadableClipError(f"cannot read video {path}: {detail}") from e
+    if n == 0:
+        raise EmptyClipError(f"video has no frames: {path}")
+    return n, rate
+
+
+def _pyav_read(path: Path, frames: Sequence[int]) -> list[np.ndarray]:
+    import av
+
+    wanted = set(frames)
+    got: dict[int, np.ndarray] = {}
+    last = max(wanted)
+    try:
+        with av.open(str(path)) as container:
+            for i, frame in enumerate(container.decode(video=0), start=1):
+                if i in wanted:
+                    got[i] = frame.to_ndarray(format="rgb24")
+                if i >= last:
+                    break
+    except Exception as e:
+        raise UnreadableClipError(f"cannot decode {path}: {e}") from e
+    missing = wanted - got.keys()
+    if missing:
+        raise UnreadableClipError(f"frames {sorted(missing)} could not be decoded from {path}")
+    return [got[n] for n in frames]
