@@ -34,7 +34,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from eval.metrics import bleu_tokens, class_metrics, corpus_bleu, multilabel_f1, rouge_tokens  # noqa: E402
-from eval.records import load_predictions, load_questions  # noqa: E402
+from eval.records import load_predictions  # noqa: E402
+from mellm.megc import load_questions  # noqa: E402
 from eval.report import write_report  # noqa: E402
 from eval.score import score_files  # noqa: E402
 from mellm.labels import AU_BY_NAME, AU_NAMES, COARSE_SYNONYMS, EMOTION_SYNONYMS, format_au_list  # noqa: E402

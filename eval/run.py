@@ -22,9 +22,10 @@ from pathlib import Path
 
 import httpx
 
-from eval.jsonl import ends_with_newline
-from eval.media import ClipWindow, MediaIndex, clip_window, median_spans
-from eval.records import QARow, load_predictions, load_questions
+from mellm.jsonl import ends_with_newline
+from mellm.media import ClipWindow, MediaIndex, clip_window, median_spans
+from eval.records import load_predictions
+from mellm.megc import QARow, load_questions
 from mellm.errors import ClipError, MellmError
 from mellm.prompts import build_messages, to_openai_messages
 

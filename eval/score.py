@@ -23,8 +23,9 @@ from eval.metrics import (
     Accuracy, ClassMetrics, MultiLabelMetrics, TextMetrics, accuracy, class_metrics,
     mean_absolute_error, merge_totals, multilabel_f1, set_f1, text_totals,
 )
-from eval.records import PredictionFile, QuestionFile, load_predictions, load_questions
-from eval.jsonl import InputFileError
+from eval.records import PredictionFile, load_predictions
+from mellm.megc import QuestionFile, load_questions
+from mellm.jsonl import InputFileError
 from mellm.answers import ParsedAnswer, parse_answer
 from mellm.vqa import QType, Question, classify_question
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from eval.jsonl import InputFileError
-from eval.records import canonical_dataset, load_questions
+from mellm.jsonl import InputFileError
+from mellm.megc import canonical_dataset, load_questions
 from eval.report import write_report
 from eval.score import score_files
 from mellm.labels import au_from_name

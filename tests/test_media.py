@@ -1,4 +1,4 @@
-"""Question row -> clip path and frame window (eval/media.py), on real folder layouts."""
+"""Question row -> clip path and frame window (mellm/media.py), on real folder layouts."""
 
 import json
 from pathlib import Path
@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from eval.media import MediaIndex, clip_window, median_spans
-from eval.records import parse_row
+from mellm.media import MediaIndex, clip_window, median_spans
+from mellm.megc import parse_row
 from mellm.errors import ClipNotFoundError, FrameRangeError
 from mellm.video import Clip, open_clip
 

@@ -33,7 +33,7 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from eval.records import QARow, canonical_dataset
+from mellm.megc import QARow, canonical_dataset
 from mellm.errors import ClipNotFoundError, FrameRangeError, MellmError
 from mellm.video import Clip
 
