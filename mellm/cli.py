@@ -75,6 +75,10 @@ def analyze(
     typer.echo(f"\nwrote {out / 'evidence.json'}, {out / 'flow.png'}, {out / 'description.txt'}", err=True)
 
 
+from data_builders.cli import build_data  # noqa: E402
+
+app.command("build-data")(user_errors(build_data))
+
 from eval.cli import app as eval_app  # noqa: E402
 
 app.add_typer(eval_app, name="eval")

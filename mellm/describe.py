@@ -87,30 +87,37 @@ def _subject(name: str, side: str) -> str:
     return both if side == "both" else one.format(side=SIDE_WORD[side])
 
 
+def motion_phrases(stats: list[RegionStat], limit: int = MAX_PHRASES) -> tuple[list[str], int]:
+    """("the inner ends of both brows rise slightly (0.9 px, up)", ...) strongest first, and how
+    many weaker moving regions were left out."""
+    entries = _pair(_merge_eyelids(stats))
+    phrases = []
+    for name, side, px, octant in entries[:limit]:
+        verb = (MOTION_WORD_PLURAL if side == "both" else MOTION_WORD)[octant]
+        phrases.append(f"{_subject(name, side)} {verb}{_adverb(px)} ({px:.1f} px, {octant})")
+    return phrases, max(0, len(entries) - limit)
+
+
+def au_phrase(au: AUEvidence) -> str:
+    return f"AU{au.au} {au.name} ({SIDE_WORD[au.side]}, {au.score:.2f})"
+
+
 def describe(stats: list[RegionStat], aus: list[AUEvidence], onset: int, apex: int,
              fps: float | None, head_px: float) -> str:
     span = f"from onset frame {onset} to apex frame {apex}"
     if fps:
         span += f" ({1000 * (apex - onset) / fps:.0f} ms)"
-    entries = _pair(_merge_eyelids(stats))
+    phrases, left_out = motion_phrases(stats)
     sentences = []
-    if entries:
-        phrases = []
-        for name, side, px, octant in entries[:MAX_PHRASES]:
-            verb = (MOTION_WORD_PLURAL if side == "both" else MOTION_WORD)[octant]
-            phrases.append(f"{_subject(name, side)} {verb}{_adverb(px)} ({px:.1f} px, {octant})")
+    if phrases:
         sentences.append(f"Facial motion {span}: " + "; ".join(phrases) + ".")
-        if len(entries) > MAX_PHRASES:
-            sentences.append(f"{len(entries) - MAX_PHRASES} weaker regions also move.")
-        else:
-            sentences.append("Other regions show no significant motion.")
+        sentences.append(f"{left_out} weaker regions also move." if left_out else "Other regions show no significant motion.")
     else:
         sentences.append(f"No significant facial motion {span}.")
     if head_px >= 0.3:
         sentences.append(f"Head motion of {head_px:.1f} px was removed first.")
     if aus:
-        listed = ", ".join(f"AU{a.au} {a.name} ({SIDE_WORD[a.side]}, {a.score:.2f})" for a in aus)
-        sentences.append(f"Action units suggested by the motion: {listed}.")
+        sentences.append("Action units suggested by the motion: " + ", ".join(au_phrase(a) for a in aus) + ".")
     else:
         sentences.append("No action unit reaches the detection threshold.")
     return " ".join(sentences)

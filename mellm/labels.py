@@ -194,6 +194,18 @@ def normalize_emotion(text: str) -> str:
     return EMOTION_SYNONYMS[key]
 
 
+def emotion_labels(text: str) -> tuple[str | None, str | None]:
+    """A dataset's emotion cell -> (fine, coarse). Fine emotions map to their MEGC coarse class;
+    a cell that only names a coarse class (SMIC, 4DME: "negative") gives (None, coarse)."""
+    key = " ".join(str(text).strip().lower().split())
+    if key in EMOTION_SYNONYMS:
+        fine = EMOTION_SYNONYMS[key]
+        return fine, COARSE_OF_FINE.get(fine)
+    if key in COARSE_SYNONYMS:
+        return None, COARSE_SYNONYMS[key]
+    raise LabelError(f"unknown emotion {text!r} (known: {', '.join(FINE_EMOTIONS + COARSE_CLASSES[:2])})")
+
+
 def coarse_of(fine: str) -> str | None:
     """MEGC coarse class of a fine emotion; None for "others"."""
     return COARSE_OF_FINE.get(normalize_emotion(fine))

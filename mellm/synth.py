@@ -239,8 +239,13 @@ def _compose(outer: np.ndarray, inner: np.ndarray) -> np.ndarray:
 # --- corpus -------------------------------------------------------------------------------------
 
 
+FINE_OF_COARSE = {c: [f for f in EMOTION_AUS if COARSE_OF_FINE[f] == c] for c in ("negative", "positive", "surprise")}
+
+
 def sample_clip(index: int, rng: np.random.Generator, cfg: SynthConfig) -> SynthClip:
-    fine = list(EMOTION_AUS)[index % len(EMOTION_AUS)]
+    # Coarse classes in turn, so any corpus is balanced over them; the fine class is drawn within.
+    coarse = list(FINE_OF_COARSE)[index % 3]
+    fine = str(rng.choice(FINE_OF_COARSE[coarse]))
     combo = EMOTION_AUS[fine][rng.integers(len(EMOTION_AUS[fine]))]
     side_of_unilateral = str(rng.choice(["L", "R"]))
     aus = [

@@ -1,0 +1,1 @@
+"""Dataset adapters and the MEU-Instruct builder (`mellm build-data`)."""

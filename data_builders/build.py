@@ -1,0 +1,136 @@
+"""`mellm build-data`: dataset folders -> MEU-Instruct (docs/formats.md).
+
+adapters -> records (+ annotation failures) -> perception per clip (parallel, cached) -> images and
+evidence copied into DIR -> subject splits -> samples -> JSONL, HF datasets, exports, card,
+build.json, failures.jsonl.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from data_builders.card import write_card
+from data_builders.export import SPLITS, PromptOptions, jsonl_row, write_hf, write_jsonl, write_llamafactory, write_swift
+from data_builders.instruct import SampleOptions, samples_for_clip
+from data_builders.perceive import perceive_all
+from data_builders.records import ClipFailure
+from data_builders.registry import load_dataset
+from data_builders.splits import make_splits
+from mellm import __version__
+from mellm.analyze import PerceptionSettings
+from mellm.errors import MellmError
+
+
+@dataclass
+class BuildConfig:
+    datasets: list[tuple[str, Path]]  # (name, root)
+    out: Path
+    workers: int = 1
+    perception: PerceptionSettings = field(default_factory=PerceptionSettings)
+    prompt: PromptOptions = field(default_factory=PromptOptions)
+    samples: SampleOptions = field(default_factory=SampleOptions)
+    cache: Path | None = None  # default: DIR/cache
+    questions: Path | None = None  # MEGC question file for --dataset megc
+    limit: int | None = None  # at most this many clips per dataset (quick trials)
+    exports: bool = True
+    progress: bool = True
+
+
+@dataclass
+class BuildSummary:
+    built: int
+    failed: int
+    cached: int
+    samples: dict[str, int]
+    out: Path
+    failures: list[ClipFailure]
+
+
+def build(cfg: BuildConfig) -> BuildSummary:
+    t0 = time.time()
+    out = cfg.out
+    out.mkdir(parents=True, exist_ok=True)
+    records, failures = [], []
+    for name, root in cfg.datasets:
+        loaded = load_dataset(name, root, cfg.questions if name == "megc" else None)
+        records += loaded.records[: cfg.limit] if cfg.limit else loaded.records
+        failures += loaded.failures
+    if not records:
+        raise MellmError(f"no usable clips in {', '.join(str(r) for _, r in cfg.datasets)} "
+                         f"({len(failures)} failures; first: {failures[0].message if failures else 'none'})")
+    perceived, failed = perceive_all(records, cfg.perception, cfg.cache or out / "cache", cfg.workers, cfg.progress)
+    failures += failed
+    if not perceived:
+        raise MellmError(f"perception failed on every clip; first failure: {failed[0].message}")
+
+    splits = make_splits([p.record for p in perceived], seed=cfg.samples.seed)
+    split_of = splits.split_of()
+    rows: dict[str, list[dict]] = {s: [] for s in SPLITS}
+    clip_agreement = []
+    for p in perceived:
+        images = _copy_clip_files(p, out, cfg.prompt.image_roles)
+        clip_samples = samples_for_clip(p, cfg.samples)
+        rows[split_of[p.record.subject_key]] += [jsonl_row(s, images, cfg.prompt) for s in clip_samples]
+        if clip_samples:
+            clip_agreement.append(clip_samples[0].agreement)
+    splits_used = [s for s in SPLITS if rows[s]]
+    write_jsonl({s: rows[s] for s in splits_used}, out)
+    (out / "splits.json").write_text(json.dumps(splits.to_dict(), indent=1))
+    write_hf(out, cfg.prompt, splits_used, text_only=False)
+    write_hf(out, cfg.prompt, splits_used, text_only=True)
+    if cfg.exports:
+        write_llamafactory({s: rows[s] for s in splits_used}, out, cfg.prompt)
+        write_swift({s: rows[s] for s in splits_used}, out, cfg.prompt)
+    with open(out / "failures.jsonl", "w") as f:
+        for fail in failures:
+            f.write(json.dumps(fail.to_dict()) + "\n")
+    record = _build_record(cfg, perceived, failures, rows, t0)
+    (out / "build.json").write_text(json.dumps(record, indent=1))
+    name = "+".join(n for n, _ in cfg.datasets)
+    write_card(out / "card.md", name, {s: rows[s] for s in splits_used}, clip_agreement, record)
+    return BuildSummary(len(perceived), len(failures), sum(p.cached for p in perceived),
+                        {s: len(rows[s]) for s in splits_used}, out, failures)
+
+
+def _copy_clip_files(p, out: Path, roles: tuple[str, ...]) -> list[str]:
+    """Images and evidence of a clip into DIR/images/<clip>/ and DIR/evidence/; paths relative to DIR."""
+    folder = out / "images" / p.record.key
+    folder.mkdir(parents=True, exist_ok=True)
+    rel = []
+    for role in roles:
+        shutil.copyfile(p.image(role), folder / f"{role}.png")
+        rel.append(f"images/{p.record.key}/{role}.png")
+    (out / "evidence").mkdir(exist_ok=True)
+    shutil.copyfile(p.entry / "evidence.json", out / "evidence" / f"{p.record.key}.json")
+    return rel
+
+
+def _versions() -> dict:
+    import cv2
+    import datasets
+
+    return {"mellm": __version__, "opencv": cv2.__version__, "datasets": datasets.__version__}
+
+
+def _build_record(cfg: BuildConfig, perceived, failures, rows, t0) -> dict:
+    reasons: dict[str, int] = {}
+    for f in failures:
+        reasons[f.reason] = reasons.get(f.reason, 0) + 1
+    return {
+        "datasets": [f"{n}={r}" for n, r in cfg.datasets],
+        "finished": datetime.datetime.now().isoformat(timespec="seconds"),
+        "seconds": round(time.time() - t0, 1),
+        "versions": _versions(),
+        "perception": {**cfg.perception.to_dict(), "key": cfg.perception.key()},
+        "prompt": asdict(cfg.prompt),
+        "samples": {**asdict(cfg.samples), "types": [t.value for t in cfg.samples.types]},
+        "counts": {"built": len(perceived), "failed": len(failures), "cached": sum(p.cached for p in perceived),
+                   "samples": {s: len(r) for s, r in rows.items()}, "failure_reasons": reasons},
+        "notes": [n for p in perceived for n in p.record.notes],
+        "workers": cfg.workers,
+    }

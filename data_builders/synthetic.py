@@ -1,0 +1,25 @@
+"""The synthetic clips of `mellm synth` (labels.jsonl beside PNG frames and/or FFV1 videos): full
+labels, including AU sides, onset, apex and offset."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from data_builders.records import ClipRecord, Loaded
+from data_builders.sheets import AnnotationFileError
+from mellm.labels import AULabel
+from mellm.synth import load_labels
+
+NAME = "synth"
+
+
+def load(root: Path) -> Loaded:
+    if not (root / "labels.jsonl").is_file():
+        raise AnnotationFileError(f"no labels.jsonl in {root} (made by `mellm synth --out {root}`)")
+    records = []
+    for c in load_labels(root):
+        source = root / (c.frames_dir or c.video)
+        aus = [AULabel(a["au"], a["side"]) for a in c.aus]
+        records.append(ClipRecord(NAME, c.subject, c.clip_id, str(source), c.onset_frame, c.apex_frame,
+                                  c.offset_frame, aus, c.fine, c.coarse, c.fps))
+    return Loaded(records)
