@@ -62,16 +62,17 @@ def _init_worker() -> None:
     cv2.setNumThreads(1)  # one clip per core; OpenCV's own threads would oversubscribe
 
 
-def perceive_one(record: ClipRecord, settings: PerceptionSettings, cache_dir: Path) -> dict:
-    """Cache hit, or analyse and write the entry. Returns a picklable result for the parent."""
+def entry_for(key: str, cache_dir: Path) -> Path:
+    return cache_dir / key[:2] / key
+
+
+def perceive_one(record: ClipRecord, settings: PerceptionSettings, cache_dir: Path, key: str) -> dict:
+    """Analyse one clip and write its cache entry. Returns a picklable result for the parent."""
     from mellm.analyze import analyze_clip, save_analysis
     from mellm.errors import ClipError
 
     try:
-        key = cache_key(record, settings)
-        entry = cache_dir / key[:2] / key
-        if (entry / "evidence.json").is_file():
-            return {"ok": True, "entry": str(entry), "cached": True}
+        entry = entry_for(key, cache_dir)
         result = analyze_clip(record.source, onset=record.onset, apex=record.apex, offset=record.offset,
                               fps=record.fps, settings=settings)
         tmp = cache_dir / "tmp" / f"{key}-{uuid.uuid4().hex[:8]}"
@@ -81,7 +82,7 @@ def perceive_one(record: ClipRecord, settings: PerceptionSettings, cache_dir: Pa
             os.replace(tmp, entry)  # atomic: an interrupted run never leaves half an entry
         except OSError:  # another worker or run finished the same entry first
             shutil.rmtree(tmp, ignore_errors=True)
-        return {"ok": True, "entry": str(entry), "cached": False}
+        return {"ok": True}
     except ClipError as e:
         return {"ok": False, "reason": e.reason, "message": str(e)}
     except Exception as e:  # noqa: BLE001 - one broken clip must not stop the build; it is recorded
@@ -90,21 +91,29 @@ def perceive_one(record: ClipRecord, settings: PerceptionSettings, cache_dir: Pa
 
 def perceive_all(records: list[ClipRecord], settings: PerceptionSettings, cache_dir: Path, workers: int = 1,
                  progress: bool = True) -> tuple[list[Perceived], list[ClipFailure]]:
+    """Cache hits are found here, by hashing; only the misses go to the worker processes."""
     from tqdm import tqdm
 
     cache_dir.mkdir(parents=True, exist_ok=True)
+    keys = [cache_key(r, settings) for r in records]
     results: dict[int, dict] = {}
-    bar = tqdm(total=len(records), desc="perception", unit="clip", disable=not progress)
-    if workers <= 1:
+    todo = []
+    for i, key in enumerate(keys):
+        if (entry_for(key, cache_dir) / "evidence.json").is_file():
+            results[i] = {"ok": True, "cached": True}
+        else:
+            todo.append(i)
+    bar = tqdm(total=len(records), initial=len(results), desc="perception", unit="clip", disable=not progress)
+    if workers <= 1 or len(todo) <= 1:
         _init_worker()
-        for i, r in enumerate(records):
-            results[i] = perceive_one(r, settings, cache_dir)
+        for i in todo:
+            results[i] = perceive_one(records[i], settings, cache_dir, keys[i])
             bar.update()
     else:
         # spawn, not fork: a forked child inherits OpenCV's thread pool locks mid-use and can hang.
         context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker, mp_context=context) as pool:
-            futures = {pool.submit(perceive_one, r, settings, cache_dir): i for i, r in enumerate(records)}
+        with ProcessPoolExecutor(max_workers=min(workers, len(todo)), initializer=_init_worker, mp_context=context) as pool:
+            futures = {pool.submit(perceive_one, records[i], settings, cache_dir, keys[i]): i for i in todo}
             for fut in as_completed(futures):
                 results[futures[fut]] = fut.result()
                 bar.update()
@@ -114,8 +123,8 @@ def perceive_all(records: list[ClipRecord], settings: PerceptionSettings, cache_
     for i, r in enumerate(records):
         res = results[i]
         if res["ok"]:
-            entry = Path(res["entry"])
-            done.append(Perceived(r, Evidence.load(entry / "evidence.json"), entry, res["cached"]))
+            entry = entry_for(keys[i], cache_dir)
+            done.append(Perceived(r, Evidence.load(entry / "evidence.json"), entry, res.get("cached", False)))
         else:
             failed.append(ClipFailure(r.dataset, f"{r.subject}/{r.clip_id}", "perception", res["reason"], res["message"]))
     return done, failed
