@@ -79,6 +79,12 @@ from data_builders.cli import build_data  # noqa: E402
 
 app.command("build-data")(user_errors(build_data))
 
+from serve.cli import ask, gateway, serve  # noqa: E402
+
+app.command()(user_errors(serve))
+app.command()(user_errors(gateway))
+app.command()(user_errors(ask))
+
 from eval.cli import app as eval_app  # noqa: E402
 
 app.add_typer(eval_app, name="eval")

@@ -5,9 +5,6 @@ import asyncio
 import base64
 import io
 import json
-import socket
-import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +16,7 @@ from fastapi.responses import JSONResponse
 from PIL import Image
 from typer.testing import CliRunner
 
+from http_server import free_port, serving
 from eval.run import EndpointError, RunConfig, chat_url, run_eval
 from mellm.errors import MellmError
 from mellm.prompts import SYSTEM_PROMPT, user_text
@@ -83,21 +81,9 @@ def make_app(state: ServerState) -> FastAPI:
 
 @pytest.fixture(scope="module")
 def server():
-    import uvicorn
-
     state = ServerState()
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    srv = uvicorn.Server(uvicorn.Config(make_app(state), log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.time() + 20
-    while not srv.started and time.time() < deadline:
-        time.sleep(0.02)
-    assert srv.started, "test server did not start"
-    yield state, f"http://127.0.0.1:{sock.getsockname()[1]}"
-    srv.should_exit = True
-    thread.join(timeout=10)
+    with serving(make_app(state), lifespan="off") as url:
+        yield state, url
 
 
 # --- the clips ---------------------------------------------------------------------------------
@@ -226,9 +212,7 @@ def test_api_key_and_a_refusing_endpoint(study, tmp_path):
 
 
 def test_an_endpoint_nobody_listens_on_stops_the_run(study, tmp_path):
-    with socket.socket() as sock:  # a port that was free a moment ago
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()  # free a moment ago; nobody listens on it
     cfg = config(study, tmp_path / "out", retries=1)
     cfg.endpoint = f"http://127.0.0.1:{port}"
     with pytest.raises(EndpointError, match=r"cannot connect.*after 2 attempts; is the server running"):

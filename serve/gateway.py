@@ -1,0 +1,306 @@
+"""The ME gateway: an HTTP service in front of vLLM that explains a micro-expression clip.
+
+POST /v1/me/analyze    a clip (upload: video or zip of frames; or a path under the media root),
+                       optional onset/apex/offset and questions -> perception -> the training
+                       prompt (mellm.prompts) -> vLLM -> answers, parsed labels, evidence, timings
+POST /v1/chat/completions, GET /v1/models    passed through to vLLM
+GET  /health           the gateway and vLLM, separately
+
+Limits: upload size (413), per-request time (504), concurrency (requests beyond the running and
+queued ones get 429 at once), API key (401). A bad clip is a 4xx with the reason; vLLM down is a
+503. The gateway keeps serving through all of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import shutil
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import httpx
+from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from mellm.analyze import PerceptionSettings
+from mellm.errors import ClipError, ClipNotFoundError
+from mellm.vqa import ANALYSIS_QUESTION
+from serve.clips import ClipRequestError, resolve_media_path, save_upload
+
+
+@dataclass
+class GatewayConfig:
+    upstream: str  # vLLM's base URL, e.g. http://127.0.0.1:8000
+    model: str  # the served model or adapter name asked by default
+    api_key: str | None = None  # clients must send it (Authorization: Bearer, or X-API-Key)
+    upstream_api_key: str | None = None
+    media_root: Path | None = None  # clips may be named by a path under it; None: uploads only
+    max_upload_mb: float = 200.0
+    request_timeout_s: float = 120.0
+    max_concurrency: int = 2  # clips analysed at once (perception is CPU-bound)
+    max_queue: int = 8  # requests allowed to wait for a slot; more get 429
+    max_tokens: int = 256
+    image_roles: tuple[str, ...] = ("onset", "apex", "flow")
+    evidence_in_prompt: bool = True
+    perception: PerceptionSettings = field(default_factory=PerceptionSettings)
+
+
+class Limiter:
+    """At most `concurrency` requests run and `queue` wait; the next one is refused at once."""
+
+    def __init__(self, concurrency: int, queue: int):
+        self.concurrency, self.queue = concurrency, queue
+        self.running = self.waiting = 0
+        self._sem = asyncio.Semaphore(concurrency)
+
+    @asynccontextmanager
+    async def slot(self):
+        if self.running >= self.concurrency and self.waiting >= self.queue:
+            raise HTTPException(429, f"busy: {self.running} requests running and {self.waiting} waiting; retry later",
+                                headers={"Retry-After": "2"})
+        self.waiting += 1
+        try:
+            await self._sem.acquire()
+        finally:
+            self.waiting -= 1
+        self.running += 1
+        try:
+            yield
+        finally:
+            self.running -= 1
+            self._sem.release()
+
+
+class BodyLimit:
+    """ASGI middleware: a request body to `path` larger than `max_bytes` gets 413, whether the
+    client declares its length or streams it chunked (then the body is cut off where it passes the
+    limit, before the form parser spools it all to disk)."""
+
+    def __init__(self, app, max_bytes: int, path: str):
+        self.app, self.max_bytes, self.path = app, max_bytes, path
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["path"] != self.path:
+            return await self.app(scope, receive, send)
+        limit_mib = self.max_bytes / (1 << 20)
+        length = dict(scope["headers"]).get(b"content-length", b"")
+        if length.isdigit() and int(length) > self.max_bytes:
+            return await JSONResponse({"detail": f"upload of {int(length) / (1 << 20):.0f} MiB exceeds the "
+                                                 f"{limit_mib:g} MiB limit"}, status_code=413)(scope, receive, send)
+        seen, over, answered = 0, False, False
+
+        async def counted():
+            nonlocal seen, over
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    over = True
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def too_large():
+            nonlocal answered
+            answered = True
+            await JSONResponse({"detail": f"upload exceeds the {limit_mib:g} MiB limit"}, status_code=413)(scope, receive, send)
+
+        async def replaced(message):
+            nonlocal answered
+            if not over:
+                answered = True
+                return await send(message)
+            if message["type"] == "http.response.start" and not answered:
+                await too_large()
+
+        try:
+            await self.app(scope, counted, replaced)
+        except Exception:
+            if not over or answered:
+                raise
+            await too_large()
+
+
+def _check_key(cfg: GatewayConfig, request: Request) -> None:
+    if not cfg.api_key:
+        return
+    auth = request.headers.get("authorization", "")
+    given = auth[7:] if auth.lower().startswith("bearer ") else request.headers.get("x-api-key")
+    if given != cfg.api_key:
+        raise HTTPException(401, "missing or wrong API key (send Authorization: Bearer <key>)")
+
+
+def _perceive(source: Path, onset, apex, offset, cfg: "GatewayConfig"):
+    """Perception and the model's images as PNG bytes (run in a worker thread)."""
+    from PIL import Image
+
+    from mellm.analyze import analyze_clip
+
+    result = analyze_clip(source, onset=onset, apex=apex, offset=offset, settings=cfg.perception)
+    images = result.images()
+    pngs = []
+    for role in cfg.image_roles:
+        buf = io.BytesIO()
+        Image.fromarray(images[role]).save(buf, format="PNG", compress_level=1)  # lossless; speed over size
+        pngs.append(buf.getvalue())
+    return result, pngs
+
+
+def _parsed(question: str, text: str) -> dict:
+    from mellm.answers import parse_answer
+
+    d = asdict(parse_answer(question, text))
+    d["aus"] = sorted(d["aus"])
+    return d
+
+
+def create_app(cfg: GatewayConfig) -> FastAPI:
+    state: dict = {}
+    limiter = Limiter(cfg.max_concurrency, cfg.max_queue)
+    max_bytes = int(cfg.max_upload_mb * (1 << 20))
+    upstream_headers = {"Authorization": f"Bearer {cfg.upstream_api_key}"} if cfg.upstream_api_key else {}
+
+    @asynccontextmanager
+    async def lifespan(app):
+        state["client"] = httpx.AsyncClient(base_url=cfg.upstream, headers=upstream_headers,
+                                            timeout=httpx.Timeout(cfg.request_timeout_s, connect=5.0))
+        state["pool"] = ThreadPoolExecutor(max_workers=cfg.max_concurrency, thread_name_prefix="perception")
+        yield
+        await state["client"].aclose()
+        state["pool"].shutdown(wait=False, cancel_futures=True)
+
+    app = FastAPI(title="MELLM ME gateway", lifespan=lifespan)
+
+    app.add_middleware(BodyLimit, max_bytes=max_bytes, path="/v1/me/analyze")
+
+    @app.get("/health")
+    async def health():
+        try:
+            r = await state["client"].get("/health", timeout=5.0)
+            vllm = {"status": "ok" if r.status_code == 200 else f"http {r.status_code}", "url": cfg.upstream}
+        except httpx.HTTPError as e:
+            vllm = {"status": "down", "url": cfg.upstream, "detail": f"{type(e).__name__}: {e}"}
+        return {"gateway": "ok", "vllm": vllm, "model": cfg.model,
+                "load": {"running": limiter.running, "waiting": limiter.waiting}}
+
+    @app.post("/v1/me/analyze")
+    async def analyze(
+        request: Request,
+        file: UploadFile | None = File(None, description="A video file or a .zip of frames."),
+        path: str | None = Form(None, description="Instead of an upload: a clip path under the media root."),
+        onset: int | None = Form(None), apex: int | None = Form(None), offset: int | None = Form(None),
+        question: list[str] = Form([], description="Questions to ask (repeatable); default: the open analysis."),
+        model: str | None = Form(None, description="Served model or adapter name."),
+        max_tokens: int | None = Form(None),
+    ):
+        _check_key(cfg, request)
+        async with limiter.slot():
+            try:
+                return await asyncio.wait_for(
+                    _analyze(file, path, onset, apex, offset, question or [ANALYSIS_QUESTION], model, max_tokens),
+                    timeout=cfg.request_timeout_s)
+            except asyncio.TimeoutError:
+                raise HTTPException(504, f"the request took longer than {cfg.request_timeout_s:g} s") from None
+
+    async def _analyze(file, path, onset, apex, offset, questions, model, max_tokens) -> dict:
+        t0 = time.perf_counter()
+        timings: dict[str, float] = {}
+        workdir = Path(tempfile.mkdtemp(prefix="mellm-gw-"))
+        try:
+            try:
+                if file is not None and file.filename:
+                    source, name = await _receive(file, workdir), file.filename
+                elif path:
+                    source, name = resolve_media_path(cfg.media_root, path), path
+                else:
+                    raise ClipRequestError(400, "no clip: upload `file` (video or zip of frames) or give `path`")
+            except ClipRequestError as e:
+                raise HTTPException(e.status, str(e)) from None
+            timings["receive"] = 1000 * (time.perf_counter() - t0)
+            t = time.perf_counter()
+            try:
+                result, pngs = await asyncio.get_running_loop().run_in_executor(
+                    state["pool"], _perceive, source, onset, apex, offset, cfg)
+            except ClipNotFoundError as e:
+                raise HTTPException(404, str(e)) from None
+            except ClipError as e:
+                raise HTTPException(422, f"{e.reason}: {e}".replace(str(workdir), name)) from None
+            timings["perception"] = 1000 * (time.perf_counter() - t)
+            evidence = result.evidence.to_dict()
+            evidence["clip"] = name
+            answers = await asyncio.gather(*[_ask(q, pngs, result.evidence.description, model, max_tokens) for q in questions])
+            llm_ms = max(a.pop("_llm_ms") for a in answers)
+            timings["llm"] = llm_ms
+            timings["total"] = 1000 * (time.perf_counter() - t0)
+            timings["overhead"] = timings["total"] - timings["perception"] - llm_ms
+            return {"clip": name, "model": model or cfg.model, "answers": answers, "evidence": evidence,
+                    "timings_ms": {k: round(v, 2) for k, v in timings.items()}}
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    async def _receive(file: UploadFile, workdir: Path) -> Path:
+        """Stream the upload to disk, refusing it past the size limit (chunked uploads carry no length)."""
+        target, size = workdir / "upload", 0
+        with open(target, "wb") as out:
+            while chunk := await file.read(1 << 20):
+                size += len(chunk)
+                if size > max_bytes:
+                    raise ClipRequestError(413, f"upload exceeds the {cfg.max_upload_mb:g} MiB limit")
+                out.write(chunk)
+        return save_upload(file.filename, target, workdir)
+
+    async def _ask(question: str, pngs: list[bytes], evidence_text: str, model: str | None, max_tokens: int | None) -> dict:
+        from mellm.prompts import build_messages, to_openai_messages
+        from mellm.vqa import classify_question
+
+        messages = build_messages(question, cfg.image_roles, evidence_text if cfg.evidence_in_prompt else None)
+        body = {"model": model or cfg.model, "messages": to_openai_messages(messages, pngs),
+                "max_tokens": max_tokens or cfg.max_tokens, "temperature": 0.0}
+        t = time.perf_counter()
+        try:
+            r = await state["client"].post("/v1/chat/completions", json=body)
+        except (httpx.ConnectError, httpx.ConnectTimeout) as e:
+            raise HTTPException(503, f"the model server at {cfg.upstream} is unavailable ({type(e).__name__})") from None
+        except httpx.TimeoutException:
+            raise HTTPException(504, f"the model server at {cfg.upstream} did not answer in time") from None
+        if r.status_code >= 500:
+            raise HTTPException(502, f"the model server failed: HTTP {r.status_code}: {r.text[:300]}")
+        if r.status_code >= 400:
+            raise HTTPException(r.status_code, f"the model server refused the request: {r.text[:300]}")
+        text = r.json()["choices"][0]["message"]["content"] or ""
+        return {"question": question, "qtype": classify_question(question).type.value, "answer": text,
+                "parsed": _parsed(question, text), "_llm_ms": 1000 * (time.perf_counter() - t)}
+
+    async def _forward(request: Request, path: str) -> Response:
+        _check_key(cfg, request)
+        body = await request.body()
+        headers = {"content-type": request.headers.get("content-type", "application/json")}
+        req = state["client"].build_request(request.method, path, content=body, headers=headers)
+        try:
+            upstream = await state["client"].send(req, stream=True)
+        except (httpx.ConnectError, httpx.ConnectTimeout) as e:
+            raise HTTPException(503, f"the model server at {cfg.upstream} is unavailable ({type(e).__name__})") from None
+
+        async def relay():
+            try:
+                async for chunk in upstream.aiter_raw():
+                    yield chunk
+            finally:
+                await upstream.aclose()
+
+        kept = {k: v for k, v in upstream.headers.items() if k.lower() in ("content-type", "cache-control")}
+        return StreamingResponse(relay(), status_code=upstream.status_code, headers=kept)
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request):
+        return await _forward(request, "/v1/chat/completions")
+
+    @app.get("/v1/models")
+    async def models(request: Request):
+        return await _forward(request, "/v1/models")
+
+    return app

