@@ -98,6 +98,10 @@ def run(
     clip_map: Optional[Path] = typer.Option(None, help="JSON object {image_id or id: clip path relative to the media root}."),
     limit: Optional[int] = typer.Option(None, min=1, help="Ask at most this many unanswered questions (smoke tests)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    gateway: Optional[str] = typer.Option(
+        None, help="The endpoint is the ME gateway: send each clip to /v1/me/analyze with its questions, by 'path' "
+                   "(the gateway serves the same --media-root) or by 'upload'. Perception and prompt are then the "
+                   "gateway's, i.e. as the adapter was trained."),
 ):
     """Ask a served model every question of a question file.
 
@@ -108,7 +112,8 @@ def run(
     onset_frame/offset_frame when given; apex = middle frame), prompted
     exactly as the training data is (mellm.prompts). When the question file
     has reference answers, the predictions are scored at the end
-    (OUT/report.json, OUT/report.md).
+    (OUT/report.json, OUT/report.md). With --gateway, the ME gateway builds
+    the inputs instead (one request per clip).
     """
     from eval.run import RunConfig, run_eval
 
@@ -116,7 +121,7 @@ def run(
         questions=questions, media_root=media_root, endpoint=endpoint, model=model, out=out, api_key=api_key,
         concurrency=concurrency, timeout_s=timeout, retries=retries, backoff_s=backoff, max_tokens=max_tokens,
         temperature=temperature, evidence=evidence, max_side=max_side, clip_map=clip_map, limit=limit,
-        progress=progress,
+        progress=progress, gateway=gateway,
     )
     summary = run_eval(cfg)
     typer.echo(f"{summary.answered} answered, {len(summary.failures)} failed, {summary.already_answered} answered "

@@ -1,6 +1,15 @@
 """Run a model behind an OpenAI-compatible endpoint over an MEGC question file.
 
-Each clip's inputs are built once (`build_clip_inputs`, the one place that decides what the model
+Two ways to reach the model:
+- chat (default): the endpoint is vLLM or any OpenAI-compatible server (or the ME gateway's
+  pass-through); the inputs are built here.
+- gateway: the endpoint is the ME gateway; each clip goes to its `/v1/me/analyze` with all of the
+  clip's questions, so perception and prompting happen exactly as the gateway serves them (as the
+  model was trained, from the adapter's serving.json). `gateway="path"` names the clip by its path
+  under the media root (the gateway must run with `--media-root` on the same folder);
+  `gateway="upload"` sends the clip (a video, or a zip of a frame folder).
+
+In chat mode each clip's inputs are built once (`build_clip_inputs`, the one place that decides what the model
 sees), every question is asked through `mellm.prompts.build_messages` (the prompt the training
 data was built with), at most `concurrency` requests are in flight, and failed requests are
 retried with exponential backoff. Every answer is appended to OUT/predictions.jsonl as it arrives,
@@ -58,6 +67,7 @@ class RunConfig:
     limit: int | None = None
     clip_workers: int = 2
     progress: bool = True
+    gateway: str | None = None  # None: OpenAI chat endpoint; "path" | "upload": the ME gateway
 
 
 @dataclass
@@ -127,13 +137,15 @@ def _clip_key(row: QARow) -> tuple:
     return (row.dataset, row.video, row.subject, row.filename, row.image_id, row.onset, row.apex, row.offset)
 
 
-async def _ask(client: httpx.AsyncClient, cfg: RunConfig, url: str, payload: dict) -> str:
+async def _post(client: httpx.AsyncClient, cfg: RunConfig, url: str, **request) -> httpx.Response:
+    """POST with retries and exponential backoff on timeouts, connection errors, 429 and 5xx; a
+    status that cannot get better (401/403/404) stops the run, another 4xx fails the question."""
     error = ""
     refused = 0
     for attempt in range(cfg.retries + 1):
         delay = min(cfg.backoff_s * 2 ** attempt, 60.0) * random.uniform(0.5, 1.0)
         try:
-            resp = await client.post(url, json=payload)
+            resp = await client.post(url, **request)
         except httpx.TimeoutException as e:
             error = f"timed out after {cfg.timeout_s:g} s ({type(e).__name__})"
         except httpx.ConnectError as e:
@@ -143,9 +155,9 @@ async def _ask(client: httpx.AsyncClient, cfg: RunConfig, url: str, payload: dic
             error = f"{type(e).__name__}: {e}"
         else:
             if resp.status_code == 200:
-                return _content(resp)
+                return resp
             body = resp.text[:300]
-            if resp.status_code in (401, 403, 404):
+            if resp.status_code in (401, 403, 404) and not (cfg.gateway and resp.status_code in (403, 404)):
                 raise EndpointError(f"{url} answered HTTP {resp.status_code} (check --endpoint, --model, --api-key): {body}")
             if resp.status_code != 429 and resp.status_code < 500:
                 raise _RequestFailed(f"HTTP {resp.status_code}: {body}")
@@ -158,6 +170,10 @@ async def _ask(client: httpx.AsyncClient, cfg: RunConfig, url: str, payload: dic
     if refused == cfg.retries + 1:  # nothing listens there: every other question would wait out its retries too
         raise EndpointError(f"{url}: {error} (after {refused} attempts; is the server running?)")
     raise _RequestFailed(f"gave up after {cfg.retries + 1} attempts; last error: {error}")
+
+
+async def _ask(client: httpx.AsyncClient, cfg: RunConfig, url: str, payload: dict) -> str:
+    return _content(await _post(client, cfg, url, json=payload))
 
 
 def _content(resp: httpx.Response) -> str:
@@ -244,6 +260,55 @@ async def _run_questions(cfg: RunConfig, rows: list[QARow], paths: dict[tuple, P
                     t.cancel()
 
 
+def _gateway_request(cfg: RunConfig, rows: list[QARow], path: Path, spans: dict[str, int]) -> dict:
+    """The /v1/me/analyze form (and file) for one clip and all its questions."""
+    from mellm.video import open_clip
+
+    window = clip_window(rows[0], open_clip(path), spans)
+    form = {"question": [r.question for r in rows], "model": cfg.model, "max_tokens": str(cfg.max_tokens),
+            "onset": str(window.onset), "offset": str(window.offset)}
+    if rows[0].apex is not None:  # otherwise the gateway spots it, as perception does for training data
+        form["apex"] = str(window.apex)
+    if cfg.gateway == "path":
+        form["path"] = str(Path(path).resolve().relative_to(Path(cfg.media_root).resolve()))
+        return {"data": form}
+    from serve.client import zip_frames
+
+    if path.is_dir():
+        return {"data": form, "files": {"file": (f"{path.name}.zip", zip_frames(path), "application/zip")}}
+    return {"data": form, "files": {"file": (path.name, path.read_bytes(), "application/octet-stream")}}
+
+
+async def _run_via_gateway(cfg: RunConfig, rows: list[QARow], paths: dict[tuple, Path], spans: dict[str, int],
+                           out: _Appender, failures: list[dict], counts: Counter) -> None:
+    from tqdm import tqdm
+
+    url = cfg.endpoint.rstrip("/") + "/v1/me/analyze"
+    headers = {"Authorization": f"Bearer {cfg.api_key}"} if cfg.api_key else {}
+    by_clip: dict[tuple, list[QARow]] = {}
+    for r in rows:
+        by_clip.setdefault(_clip_key(r), []).append(r)
+    queue = list(by_clip.items())[::-1]
+
+    async def worker(client: httpx.AsyncClient, bar) -> None:
+        while queue:
+            key, clip_rows = queue.pop()
+            try:
+                request = await asyncio.to_thread(_gateway_request, cfg, clip_rows, paths[key], spans)
+                answers = (await _post(client, cfg, url, **request)).json()["answers"]
+                for row, answer in zip(clip_rows, answers):
+                    out.write(row.id, answer["answer"].strip())
+                    counts["answered"] += 1
+            except (ClipError, _RequestFailed) as e:
+                failures.extend({"id": r.id, "clip": str(paths[key]), "error": str(e)} for r in clip_rows)
+            finally:
+                bar.update(len(clip_rows))
+
+    async with httpx.AsyncClient(timeout=httpx.Timeout(cfg.timeout_s), headers=headers) as client:
+        with tqdm(total=len(rows), unit="q", desc="asking the gateway", disable=not cfg.progress) as bar:
+            await asyncio.gather(*[worker(client, bar) for _ in range(max(1, cfg.concurrency))])
+
+
 def run_eval(cfg: RunConfig) -> RunSummary:
     """Ask every unanswered question of cfg.questions; score when the file has reference answers."""
     started = time.time()
@@ -282,8 +347,13 @@ def run_eval(cfg: RunConfig) -> RunSummary:
     if appender.dropped_partial_line:
         notes[str(pred_path)] = "dropped the cut-off last line an interrupted run left; its question is asked again"
     counts = Counter(questions=len(qfile.rows), already_answered=len(done), asked=len(pending), answered=0)
+    if cfg.gateway not in (None, "path", "upload"):
+        raise MellmError(f"gateway mode {cfg.gateway!r}: use 'path' or 'upload'")
     try:
-        asyncio.run(_run_questions(cfg, askable, paths, median_spans(qfile.rows), appender, failures, notes, counts))
+        if cfg.gateway:
+            asyncio.run(_run_via_gateway(cfg, askable, paths, median_spans(qfile.rows), appender, failures, counts))
+        else:
+            asyncio.run(_run_questions(cfg, askable, paths, median_spans(qfile.rows), appender, failures, notes, counts))
     finally:
         appender.close()
         _write_run_record(cfg, qfile, counts, failures, notes, started)
@@ -309,7 +379,7 @@ def _write_run_record(cfg: RunConfig, qfile, counts: Counter, failures: list[dic
     settings["api_key"] = "(set)" if cfg.api_key else None
     record = {
         "settings": settings,
-        "chat_url": chat_url(cfg.endpoint),
+        "url": cfg.endpoint.rstrip("/") + "/v1/me/analyze" if cfg.gateway else chat_url(cfg.endpoint),
         "counts": {**counts, "failed": len(failures), "question_file_issues": len(qfile.issues)},
         "question_file_issues": [str(i) for i in qfile.issues],
         "clip_notes": notes,

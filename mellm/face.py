@@ -12,8 +12,8 @@ only place regions and register faces; the motion itself is measured by optical 
 
 from __future__ import annotations
 
-import functools
 import importlib.util
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -65,11 +65,18 @@ def _model_file(name: str) -> str:
     return str(Path(spec.origin).parent / "models" / name)
 
 
-@functools.lru_cache(maxsize=1)
-def _dlib_models():
-    import dlib
+_local = threading.local()
 
-    return dlib.get_frontal_face_detector(), dlib.shape_predictor(_model_file("shape_predictor_68_face_landmarks.dat"))
+
+def _dlib_models():
+    """dlib's detector and predictor, one pair per thread: they are not safe to share between
+    threads (the gateway analyses clips in a thread pool), and loading costs ~0.5 s once."""
+    if not hasattr(_local, "models"):
+        import dlib
+
+        _local.models = (dlib.get_frontal_face_detector(),
+                         dlib.shape_predictor(_model_file("shape_predictor_68_face_landmarks.dat")))
+    return _local.models
 
 
 class DlibFace:

@@ -9,21 +9,26 @@ from typing import List, Optional
 
 import typer
 
-PROMPT_FILE = "mellm_prompt.json"  # written by `mellm train` next to the adapter: how its data was prompted
+def _as_trained(trained_dir: Path | None, images: str | None, evidence: bool | None) -> dict:
+    """Gateway settings: explicit flags, else how the adapter's training data was prompted and
+    perceived (its serving.json), else the build-data defaults. Asking the model in any other way
+    than it was trained is train/serve skew."""
+    from dataclasses import fields
 
+    from mellm.analyze import PerceptionSettings
+    from serve.vllm_server import serving_notes
 
-def _prompt_options(adapter_dir: Path | None, images: str | None, evidence: bool | None) -> tuple[tuple[str, ...], bool]:
-    """Image roles and evidence-in-prompt: explicit flags, else what the adapter was trained with,
-    else the build-data defaults. Serving with other options than training is train/serve skew."""
-    roles, with_evidence = ("onset", "apex", "flow"), True
-    if adapter_dir is not None and (adapter_dir / PROMPT_FILE).is_file():
-        saved = json.loads((adapter_dir / PROMPT_FILE).read_text())
-        roles, with_evidence = tuple(saved["image_roles"]), bool(saved["evidence_in_prompt"])
+    notes = serving_notes(trained_dir) if trained_dir is not None else {}
+    prompt = notes.get("prompt") or {}
+    roles = tuple(prompt.get("image_roles", ("onset", "apex", "flow")))
+    with_evidence = bool(prompt.get("evidence_in_prompt", True))
+    known = {f.name for f in fields(PerceptionSettings)}
+    perception = PerceptionSettings(**{k: v for k, v in (notes.get("perception") or {}).items() if k in known})
     if images is not None:
         roles = tuple(r.strip() for r in images.split(",") if r.strip())
     if evidence is not None:
         with_evidence = evidence
-    return roles, with_evidence
+    return {"image_roles": roles, "evidence_in_prompt": with_evidence, "perception": perception}
 
 
 def _adapters(pairs: list[str]) -> dict[str, Path]:
@@ -90,10 +95,9 @@ def serve(
         key = f' -H "Authorization: Bearer {api_key}"' if api_key else ""
         typer.echo(f"  curl {cfg.url}/v1/models{key}")
         if gateway:
-            first = next(iter(adapters.values()), None)
-            roles, with_evidence = _prompt_options(first, images, evidence)
+            trained = next(iter(adapters.values()), Path(model) if Path(model).is_dir() else None)
             gw = GatewayConfig(upstream=cfg.url, model=names[-1], api_key=api_key, upstream_api_key=api_key,
-                               media_root=media_root, image_roles=roles, evidence_in_prompt=with_evidence)
+                               media_root=media_root, **_as_trained(trained, images, evidence))
             typer.echo(f"ME gateway at http://{host}:{gateway_port} (model {gw.model}); try:\n"
                        f"  mellm ask CLIP \"What is the coarse expression class?\" --endpoint http://{host}:{gateway_port}")
             _run_gateway(gw, host, gateway_port)  # returns on Ctrl-C / SIGTERM
@@ -115,7 +119,7 @@ def gateway(
     api_key: Optional[str] = typer.Option(None, envvar="MELLM_API_KEY", help="Require this key from clients."),
     upstream_api_key: Optional[str] = typer.Option(None, help="Key to send to vLLM."),
     media_root: Optional[Path] = typer.Option(None, help="Clips may be named by a path under this folder."),
-    adapter_dir: Optional[Path] = typer.Option(None, help="Read the prompt options the adapter was trained with."),
+    adapter_dir: Optional[Path] = typer.Option(None, help="Ask as this adapter (or merged model) was trained: its serving.json."),
     images: Optional[str] = typer.Option(None, help="Image roles, e.g. onset,apex,flow."),
     evidence: Optional[bool] = typer.Option(None, "--evidence/--no-evidence", help="Motion text in the prompt."),
     max_upload_mb: float = typer.Option(200, help="Largest accepted upload."),
@@ -126,10 +130,9 @@ def gateway(
     """Run only the ME gateway, in front of a vLLM server that is already running."""
     from serve.gateway import GatewayConfig
 
-    roles, with_evidence = _prompt_options(adapter_dir, images, evidence)
     cfg = GatewayConfig(upstream=upstream, model=model, api_key=api_key, upstream_api_key=upstream_api_key,
                         media_root=media_root, max_upload_mb=max_upload_mb, request_timeout_s=timeout,
-                        max_concurrency=concurrency, max_queue=queue, image_roles=roles, evidence_in_prompt=with_evidence)
+                        max_concurrency=concurrency, max_queue=queue, **_as_trained(adapter_dir, images, evidence))
     typer.echo(f"ME gateway at http://{host}:{port} -> {upstream} (model {model})")
     _run_gateway(cfg, host, port)
 

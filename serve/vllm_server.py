@@ -20,7 +20,8 @@ import httpx
 
 from mellm.errors import ConfigError, MellmError
 
-LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)  # the ranks vLLM's --max-lora-rank accepts
+LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the ranks vLLM's --max-lora-rank accepts
+SERVING_NOTES = "serving.json"  # written by `mellm train` / `mellm export` beside an adapter or merged model
 
 
 @dataclass
@@ -57,15 +58,41 @@ def has_gpu() -> bool:
         return False
 
 
-def max_lora_rank(adapters: dict[str, Path]) -> int:
-    ranks = []
+def serving_notes(path: str | Path) -> dict:
+    """The serving.json of an adapter or model directory ({} when there is none, e.g. a hub id)."""
+    file = Path(path) / SERVING_NOTES
+    return json.loads(file.read_text()) if file.is_file() else {}
+
+
+def lora_flags(adapters: dict[str, Path]) -> list[str]:
+    """vLLM's LoRA flags for all adapters: the largest rank, and the vision-tower flag when an
+    adapter has LoRA weights there (vLLM would otherwise load it and silently ignore them)."""
+    ranks, vision = [], False
     for name, path in adapters.items():
         cfg_file = Path(path) / "adapter_config.json"
         if not cfg_file.is_file():
             raise ConfigError(f"adapter {name}={path}: no adapter_config.json (is it a PEFT LoRA directory?)")
-        ranks.append(int(json.loads(cfg_file.read_text()).get("r", 8)))
-    need = max(ranks)
-    return next((r for r in LORA_RANKS if r >= need), need)
+        cfg = json.loads(cfg_file.read_text())
+        ranks.append(max([int(cfg.get("r", 8)), *map(int, cfg.get("rank_pattern", {}).values())]))
+        vision = vision or bool(serving_notes(path).get("lora_on_vision_modules"))
+    rank = next((r for r in LORA_RANKS if r >= max(ranks)), None)
+    if rank is None:
+        raise ConfigError(f"LoRA rank {max(ranks)} exceeds vLLM's largest ({LORA_RANKS[-1]})")
+    flags = ["--enable-lora", "--max-lora-rank", str(rank), "--max-loras", str(len(adapters))]
+    return flags + (["--enable-tower-connector-lora"] if vision else [])
+
+
+def image_limits(cfg: "ServerConfig") -> dict | None:
+    """The image-size limits training used (vLLM preprocesses with the base model's processor, so
+    they must be passed). All adapters, and a merged model, must agree."""
+    found = {}
+    for name, path in [("model", cfg.model), *cfg.adapters.items()]:
+        kw = serving_notes(path).get("mm_processor_kwargs") if Path(path).is_dir() else None
+        if kw:
+            found[name] = kw
+    if len({json.dumps(v, sort_keys=True) for v in found.values()}) > 1:
+        raise ConfigError(f"adapters were trained with different image limits: {found}; serve them separately")
+    return next(iter(found.values()), None)
 
 
 def vllm_command(cfg: ServerConfig, gpu: bool) -> tuple[list[str], dict]:
@@ -83,9 +110,10 @@ def vllm_command(cfg: ServerConfig, gpu: bool) -> tuple[list[str], dict]:
     else:
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(cfg.cpu_kv_cache_gib))
     if cfg.adapters:
-        cmd += ["--enable-lora", "--max-lora-rank", str(max_lora_rank(cfg.adapters)),
-                "--max-loras", str(len(cfg.adapters)),
-                "--lora-modules", *[f"{n}={Path(p).resolve()}" for n, p in cfg.adapters.items()]]
+        cmd += [*lora_flags(cfg.adapters), "--lora-modules", *[f"{n}={Path(p).resolve()}" for n, p in cfg.adapters.items()]]
+    limits = image_limits(cfg)
+    if limits:
+        cmd += ["--mm-processor-kwargs", json.dumps(limits)]
     if cfg.api_key:
         cmd += ["--api-key", cfg.api_key]
     return cmd + list(cfg.extra_args), env

@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse
 from PIL import Image
 from typer.testing import CliRunner
 
-from http_server import free_port, serving
+from serve.background import free_port, serve_in_thread
 from eval.run import EndpointError, RunConfig, chat_url, run_eval
 from mellm.errors import MellmError
 from mellm.prompts import SYSTEM_PROMPT, user_text
@@ -82,7 +82,7 @@ def make_app(state: ServerState) -> FastAPI:
 @pytest.fixture(scope="module")
 def server():
     state = ServerState()
-    with serving(make_app(state), lifespan="off") as url:
+    with serve_in_thread(make_app(state), lifespan="off") as url:
         yield state, url
 
 

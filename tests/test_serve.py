@@ -16,7 +16,7 @@ import httpx
 import numpy as np
 import pytest
 
-from http_server import free_port, serving
+from serve.background import free_port, serve_in_thread
 from mellm.analyze import PerceptionSettings
 from mellm.prompts import build_messages, to_openai_messages
 from mellm.synth import SynthConfig, generate_corpus
@@ -78,7 +78,7 @@ def gateway(vllm_server, clips):
     root, _ = clips
     cfg = GatewayConfig(upstream=vllm_server.cfg.url, model="me", api_key=KEY, media_root=root, max_upload_mb=8,
                         max_concurrency=2, max_queue=4, max_tokens=16, perception=PerceptionSettings(flow="dis"))
-    with serving(create_app(cfg)) as url:
+    with serve_in_thread(create_app(cfg)) as url:
         yield url
 
 
@@ -250,7 +250,7 @@ def test_a_stopped_backend_gives_503_and_the_gateway_keeps_serving(clips):
     c = corpus[0]
     cfg = GatewayConfig(upstream=f"http://127.0.0.1:{free_port()}", model="me", media_root=root,
                         perception=PerceptionSettings(flow="dis"))
-    with serving(create_app(cfg)) as url:
+    with serve_in_thread(create_app(cfg)) as url:
         for _ in range(2):
             r = analyze(url, headers={}, data={"path": c.frames_dir, "onset": str(c.onset_frame), "apex": str(c.apex_frame)})
             assert r.status_code == 503 and "unavailable" in r.json()["detail"]

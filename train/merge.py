@@ -68,9 +68,15 @@ def serving_notes(adapter_dir: Path, min_pixels: int | None = None, max_pixels: 
 
 
 def write_serving_notes(adapter_dir: Path, cfg) -> dict:
-    """RUN/adapter/serving.json, written at the end of training."""
+    """RUN/adapter/serving.json, written at the end of training. It also carries how the training
+    data was prompted and perceived (DATA/build.json), so the ME gateway can ask the same way."""
     px = (None, None) if cfg.model.text_only else (cfg.model.min_pixels, cfg.model.max_pixels)
     notes = serving_notes(adapter_dir, *px)
+    build = Path(cfg.data.dir) / "build.json" if cfg.data.dir else None
+    if build is not None and build.is_file():
+        built = json.loads(build.read_text())
+        notes["prompt"] = built.get("prompt")
+        notes["perception"] = built.get("perception")
     (Path(adapter_dir) / "serving.json").write_text(json.dumps(notes, indent=2) + "\n")
     return notes
 
