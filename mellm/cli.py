@@ -98,7 +98,9 @@ register_train(app)
 @user_errors
 def demo(
     out: Path = typer.Option(Path("demo_out"), help="Where every artefact goes."),
-    clips: int = typer.Option(120, help="Synthetic clips (balanced over the coarse classes, 10 subjects)."),
+    clips: int = typer.Option(120, help="Synthetic clips (balanced over the coarse classes)."),
+    subjects: int = typer.Option(10, help="Synthetic subjects; the held-out test split gets 15% of them."),
+    frames: int = typer.Option(20, help="Frames per clip."),
     steps: int = typer.Option(600, help="LoRA training steps."),
     workers: int = typer.Option(2, help="Perception processes."),
     seed: int = typer.Option(0),
@@ -110,7 +112,7 @@ def demo(
     report is printed. A rerun reuses the clips and the perception cache."""
     from mellm.demo import DemoConfig, run_demo
 
-    run_demo(DemoConfig(out=out, clips=clips, steps=steps, workers=workers, seed=seed))
+    run_demo(DemoConfig(out=out, clips=clips, subjects=subjects, frames=frames, steps=steps, workers=workers, seed=seed))
 
 
 def main() -> None:  # pragma: no cover

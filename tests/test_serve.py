@@ -291,3 +291,28 @@ def test_mellm_ask_prints_answer_and_evidence(gateway, clips):
     bad = subprocess.run([sys.executable, "-m", "mellm.cli", "ask", str(root / "blank"), "--endpoint", gateway,
                           "--api-key", KEY], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "HTTP 422" in bad.stderr and "no_face" in bad.stderr
+
+
+@pytest.mark.parametrize("mode", ["path", "upload"])
+def test_eval_run_through_the_gateway(gateway, clips, tmp_path, mode):
+    """`mellm eval run --gateway`: one analyze request per clip with all its questions; every
+    question gets an answer in MEGC submission format, and the references are scored."""
+    import json
+
+    from eval.run import RunConfig, run_eval
+
+    root, corpus = clips
+    rows = []
+    for c in corpus:
+        for k, (q, a) in enumerate([(QUESTIONS[0], c.coarse), ("What is the fine-grained expression class?", c.fine)]):
+            rows.append({"id": f"{c.clip_id}_{k}", "dataset": "synth", "image_id": c.clip_id, "subject": c.subject,
+                         "filename": c.clip_id, "video": c.frames_dir, "onset_frame": c.onset_frame,
+                         "apex_frame": c.apex_frame, "offset_frame": c.offset_frame, "question": q, "answer": a})
+    questions = tmp_path / "q.jsonl"
+    questions.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    summary = run_eval(RunConfig(questions=questions, media_root=root, endpoint=gateway, model="me", out=tmp_path / "out",
+                                 api_key=KEY, gateway=mode, max_tokens=8, progress=False))
+    assert summary.failures == [] and summary.answered == len(rows)
+    predicted = [json.loads(line) for line in summary.predictions.read_text().splitlines()]
+    assert sorted(p["id"] for p in predicted) == sorted(r["id"] for r in rows)
+    assert summary.report is not None and summary.report.n_scored == len(rows)
