@@ -2,13 +2,15 @@
 plain trl SFTTrainer, same model, same data, same hyperparameters, same run.
 
 Ours   = train.recipe.build_trainer: our collator, LoRA on the language model, the frozen vision
-         tower run without autograd (train/speed.py).
+         tower run without autograd (train/speed.py), length-grouped batches (train.group_by_length).
 Plain  = trl.SFTTrainer as its documentation sets it up: its own vision collator with
          `assistant_only_loss=True` (the tiny template has generation markers), the same LoRA
          config, the same training maths (batch, schedule, precision, gradient checkpointing,
          max length); every other setting at trl's default (data loading in the training
          process unless --plain-workers).
-Both produce identical batches (tests/test_train_collate.py), so tokens per step are the same.
+Data: MEU-Instruct built by `mellm build-data` from synthetic clips, every question type. Both
+collators produce identical samples (tests/test_train_collate.py); tokens are counted without
+padding, so batching that wastes less on padding shows as more tokens/s.
 
 Each measurement runs in its own process (peak RSS is per process), ours and plain alternate
 `--repeats` times, and medians are reported. Tokens are the non-padding tokens of a batch,
@@ -37,7 +39,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))  # tests/train_data.py: the synthetic MEU-Instruct set
 
 from bench.machine import describe_machine, machine_line  # noqa: E402
 
@@ -154,13 +155,17 @@ def worker(args) -> dict:
 
 
 def prepare(args, tmp: Path) -> dict:
+    from data_builders.build import BuildConfig, build
+    from mellm.synth import SynthConfig, generate_corpus
     from train.tiny_models import (CHAT_TEMPLATE, _special_ids, build_tiny_model, real_size_config, tiny_processor,
                                    train_tokenizer)
-    from train_data import write_meu_instruct
 
-    image = 56 if args.arch == "tiny" else 256
-    assets = {"out": str(tmp / "runs"),
-              "data": str(write_meu_instruct(tmp / "meu", n_clips=args.clips, n_subjects=6, image_size=image))}
+    # The real data path: synthetic clips -> `mellm build-data` (every question type, so sample
+    # lengths range from one-word answers to reasoning chains, as in MEU-Instruct).
+    generate_corpus(tmp / "clips", n=args.clips, seed=0,
+                    config=SynthConfig(n_frames=14, width=320, height=240, face_iod=60, n_subjects=6))
+    build(BuildConfig(datasets=[("synth", tmp / "clips")], out=tmp / "meu", workers=2, progress=False, exports=False))
+    assets = {"out": str(tmp / "runs"), "data": str(tmp / "meu")}
     if args.arch == "tiny":
         assets["model"] = str(build_tiny_model(tmp / "tiny", "qwen2_5_vl"))
     else:
@@ -266,7 +271,8 @@ def write_report(args, machine: dict, runs: list[dict]) -> None:
         f"gradient checkpointing {'on' if args.gradient_checkpointing else 'off'} unless stated, "
         f"dataloader workers ours {settings['dataloader_workers']['ours']} / plain {args.plain_workers}; "
         f"{args.steps} measured steps after {args.warmup} warm-up steps, {args.repeats} alternating runs per variant "
-        "(medians). Tokens: non-padding tokens, image tokens included.", "",
+        f"(medians). Data: MEU-Instruct from `mellm build-data` on {args.clips} synthetic clips, every question type. "
+        "Tokens: non-padding tokens, image tokens included.", "",
         f"| variant | tokens/s | vs plain | best run tokens/s | median step (ms) | {mem_name} | vs plain | "
         "RSS growth in training (MB) |",
         "|---|---|---|---|---|---|---|---|",

@@ -75,23 +75,21 @@ def analyze(
     typer.echo(f"\nwrote {out / 'evidence.json'}, {out / 'flow.png'}, {out / 'description.txt'}", err=True)
 
 
+# The stages' commands, in pipeline order. Their modules import only typer at the top.
 from data_builders.cli import build_data  # noqa: E402
+from eval.cli import app as eval_app  # noqa: E402
+from serve.cli import ask, gateway, serve  # noqa: E402
+from train.cli import export, merge, tiny_model, train  # noqa: E402
 
 app.command("build-data")(user_errors(build_data))
-
-from serve.cli import ask, gateway, serve  # noqa: E402
-
+app.command("tiny-model")(user_errors(tiny_model))
+app.command()(user_errors(train))
+app.command()(user_errors(merge))
+app.command()(user_errors(export))
 app.command()(user_errors(serve))
 app.command()(user_errors(gateway))
 app.command()(user_errors(ask))
-
-from eval.cli import app as eval_app  # noqa: E402
-
 app.add_typer(eval_app, name="eval")
-
-from train.cli import register as register_train  # noqa: E402  (train, merge, export, tiny-model)
-
-register_train(app)
 
 
 @app.command()

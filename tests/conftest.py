@@ -21,3 +21,19 @@ def synth_videos(tmp_path_factory):
     root = tmp_path_factory.mktemp("synth_video")
     clips = generate_corpus(root, n=3, seed=5, config=SynthConfig(n_frames=16, width=320, height=240, face_iod=60, fmt="both"))
     return root, clips
+
+
+@pytest.fixture(scope="session")
+def meu_instruct(tmp_path_factory):
+    """A small MEU-Instruct dataset made by the real builder (`mellm build-data` on 36 synthetic
+    clips of 6 subjects): every question type, images, splits.json. Read-only for the tests."""
+    from data_builders.build import BuildConfig, build
+    from mellm.analyze import PerceptionSettings
+
+    root = tmp_path_factory.mktemp("meu_source")
+    generate_corpus(root, n=36, seed=11, config=SynthConfig(n_frames=14, width=320, height=240, face_iod=60,
+                                                            n_subjects=6))
+    out = tmp_path_factory.mktemp("meu")
+    build(BuildConfig(datasets=[("synth", root)], out=out, workers=1, perception=PerceptionSettings(flow="dis"),
+                      exports=False, progress=False))
+    return out

@@ -97,3 +97,16 @@ def test_cli_analyze_writes_outputs(clip_dir, tmp_path):
     assert evidence["description"] in run.stdout
     flow_png = cv2.imread(str(out / "flow.png"))
     assert flow_png is not None and flow_png.shape[1] == 256 and flow_png.shape[0] > 256  # map + legend
+
+
+def test_cli_synth_writes_lossless_clips_and_labels(tmp_path):
+    import json
+
+    run = subprocess.run([sys.executable, "-m", "mellm.cli", "synth", "--out", str(tmp_path), "--n", "2", "--seed", "4",
+                          "--frames", "8", "--size", "320x240", "--format", "both"], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    labels = [json.loads(line) for line in (tmp_path / "labels.jsonl").read_text().splitlines()]
+    assert len(labels) == 2
+    for c in labels:
+        assert (tmp_path / c["video"]).is_file() and (tmp_path / c["frames_dir"] / "img8.png").is_file()
+        assert c["aus"] and c["coarse"] in ("negative", "positive", "surprise") and c["onset_frame"] < c["apex_frame"]

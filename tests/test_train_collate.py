@@ -16,14 +16,13 @@ ARCHS = ("qwen2_5_vl", "qwen2_vl", "qwen3_vl")
 
 
 @pytest.fixture(scope="module")
-def assets(tmp_path_factory):
+def assets(tmp_path_factory, meu_instruct):
     import datasets
 
     from train.tiny_models import build_tiny_model
-    from train_data import write_meu_instruct
 
     root = tmp_path_factory.mktemp("collate")
-    data = write_meu_instruct(root / "meu", n_clips=8, n_subjects=4)
+    data = meu_instruct
     rows = datasets.load_from_disk(str(data / "hf"))["train"].select_columns(["messages", "images"])
     text_rows = datasets.load_from_disk(str(data / "hf_text"))["train"]
     models = {a: build_tiny_model(root / a, a) for a in (*ARCHS, "qwen2")}

@@ -17,13 +17,12 @@ pytest.importorskip("transformers")
 
 
 @pytest.fixture(scope="module")
-def assets(tmp_path_factory):
+def assets(tmp_path_factory, meu_instruct):
     from train.tiny_models import build_tiny_model
-    from train_data import write_meu_instruct
 
     root = tmp_path_factory.mktemp("cfg")
     return {
-        "data": write_meu_instruct(root / "meu", n_clips=12, n_subjects=4),
+        "data": meu_instruct,
         "vlm": build_tiny_model(root / "qwen2_5_vl", "qwen2_5_vl"),
         "qwen3": build_tiny_model(root / "qwen3_vl", "qwen3_vl"),
         "text": build_tiny_model(root / "qwen2", "qwen2"),

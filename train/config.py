@@ -102,6 +102,9 @@ class TrainSection(_Section):
     # decreasing), or flatten each batch into one row without padding.
     packing: bool = False
     padding_free: bool = False
+    # Batch samples of similar length together (transformers' LengthGroupedSampler): MEU-Instruct
+    # mixes one-word answers with reasoning chains, so random batches are ~30% padding.
+    group_by_length: bool = True
     num_workers: int = 4  # dataloader worker processes (image decoding and processing run there)
     logging_steps: int = 10
     save_steps: int = 200

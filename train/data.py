@@ -65,9 +65,32 @@ def load_train_eval(cfg):
     if evals is not None and len(evals) == 0:
         evals = None
     columns = ["messages"] if cfg.model.text_only else ["messages", "images"]
+    if cfg.train.group_by_length and not cfg.model.text_only:  # the text path measures tokenized rows
+        columns.append("length")
+        # add_column, not map: map would rewrite every row, images included, to a new cache file.
+        train = train.add_column("length", [approx_length(m) for m in train["messages"]])
+        if evals is not None:  # the trainer orders evaluation batches by length too
+            evals = evals.add_column("length", [approx_length(m) for m in evals["messages"]])
     train = train.select_columns(columns)
     evals = evals.select_columns(columns) if evals is not None else None
     return train, evals, fingerprint(cfg, dd, train, evals)
+
+
+IMAGE_COST = 100  # characters an image is counted as; only the order of lengths matters
+
+
+def approx_length(messages: list[dict]) -> int:
+    """A sample's length for length-grouped batching, from its text (characters) and images,
+    without tokenizing or decoding anything."""
+    total = 0
+    for m in messages:
+        content = m["content"]
+        if isinstance(content, str):
+            total += len(content)
+            continue
+        for part in content:
+            total += IMAGE_COST if part["type"] == "image" else len(part.get("text") or "")
+    return total
 
 
 def fingerprint(cfg, dd, train, evals) -> dict:

@@ -116,6 +116,9 @@ def sft_args(cfg: TrainConfig, run_dir: Path, has_eval: bool, progress: bool):
         # outside the answer; trl must not add its own masking on top.
         assistant_only_loss=False, completion_only_loss=False,
         max_length=t.max_length, packing=t.packing, padding_free=t.padding_free,
+        train_sampling_strategy="group_by_length" if t.group_by_length else "random",
+        # train.data already keeps only the columns training reads; the sampler needs `length`.
+        remove_unused_columns=False,
     )
 
 
