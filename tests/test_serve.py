@@ -316,3 +316,56 @@ def test_eval_run_through_the_gateway(gateway, clips, tmp_path, mode):
     predicted = [json.loads(line) for line in summary.predictions.read_text().splitlines()]
     assert sorted(p["id"] for p in predicted) == sorted(r["id"] for r in rows)
     assert summary.report is not None and summary.report.n_scored == len(rows)
+
+
+def test_mellm_serve_with_gateway_starts_answers_and_stops_cleanly(model_dirs, clips, tmp_path):
+    """The command users run: vLLM + the gateway; healthy; a clip answered through `mellm ask`;
+    SIGTERM stops the gateway and vLLM's whole process group."""
+    import signal
+    import time
+
+    base, adapter = model_dirs
+    root, corpus = clips
+    port, gw_port = free_port(), free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "mellm.cli", "serve", "--model", str(base), "--adapter", f"me={adapter}",
+                             "--port", str(port), "--gateway", "--gateway-port", str(gw_port), "--media-root", str(root),
+                             "--max-model-len", "2048", "--log", str(tmp_path / "vllm.log")],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        gateway_url = f"http://127.0.0.1:{gw_port}"
+        deadline = time.time() + 600
+        while time.time() < deadline:
+            try:
+                if httpx.get(gateway_url + "/health", timeout=2).json()["vllm"]["status"] == "ok":
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None, proc.stdout.read()
+            time.sleep(1)
+        c = corpus[0]
+        ask = subprocess.run([sys.executable, "-m", "mellm.cli", "ask", c.frames_dir, QUESTIONS[0], "--remote",
+                              "--endpoint", gateway_url, "--onset", str(c.onset_frame), "--apex", str(c.apex_frame)],
+                             capture_output=True, text=True, timeout=300)
+        assert ask.returncode == 0, ask.stderr
+        assert "A: " in ask.stdout and "action units: AU" in ask.stdout
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
+    assert f"vLLM is serving model, me at http://127.0.0.1:{port}/v1" in out and "stopped" in out
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"http://127.0.0.1:{port}/health", timeout=2)
+    assert not any("vllm.entrypoints" in p and str(port) in p for p in _processes())
+
+
+def _processes() -> list[str]:
+    import os
+
+    out = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                out.append(open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode(errors="replace"))
+            except OSError:
+                pass
+    return out
