@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import re
 import subprocess
@@ -33,6 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.machine import describe_machine, machine_line  # noqa: E402
 from eval.metrics import bleu_tokens, class_metrics, corpus_bleu, multilabel_f1, rouge_tokens  # noqa: E402
 from eval.records import load_predictions  # noqa: E402
 from mellm.megc import load_questions  # noqa: E402
@@ -176,27 +176,14 @@ def _f(overlap: int, nh: int, nr: int) -> float:
 
 # --- the run ---------------------------------------------------------------------------------
 
-def machine() -> dict:
-    model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu_model": model, "cores": os.cpu_count(), "python": platform.python_version(),
-            "platform": platform.platform(), "load_average_1_5_15": list(os.getloadavg())}
-
-
 def clear_caches() -> None:
     """Forget every memoised parse and text score, so each measurement starts cold like a new
     `mellm eval score` process (the baseline subset repeats the strings of the big run)."""
-    from eval import metrics, records
-    from mellm import answers
+    from eval import metrics
+    from mellm import answers, megc
 
     for cached in (answers._parse, metrics.bleu_stats, metrics.rouge_scores, metrics._reference_ngrams,
-                   metrics._reference_rouge, records.canonical_dataset):
+                   metrics._reference_rouge, megc.canonical_dataset):
         cached.cache_clear()
 
 
@@ -221,7 +208,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = ap.parse_args()
-    before = machine()
+    machine = describe_machine()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         q, p = synthetic(args.n, args.seed, tmp)
@@ -254,8 +241,7 @@ def main() -> None:
             "coarse_uf1": report.coarse.overall.uf1, "fine_uf1": report.fine.overall.uf1,
             "au_micro_f1": report.au.micro_f1, "bleu4": report.text.bleu4, "rouge1": report.text.rouge1,
             "unparsed": len(report.unparsed)},
-        "machine": {**machine(), "load_average_before": before["load_average_1_5_15"]},
-        "note": "shared 2-core machine with other jobs running: timings are noisy; rerun on a quiet machine",
+        "machine": {**machine, "load_avg_1m_end": os.getloadavg()[0]},
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "eval_score.json").write_text(json.dumps(result, indent=1) + "\n")
@@ -266,9 +252,7 @@ def main() -> None:
 def markdown(r: dict) -> str:
     m, b = r["machine"], r["baseline"]
     lines = [f"# `mellm eval score` benchmark: {r['n_predictions']:,} predictions", "",
-             f"Machine: {m['cpu_model']}, {m['cores']} cores, Python {m['python']}; load average before "
-             f"{[round(x, 2) for x in m['load_average_before']]}, after "
-             f"{[round(x, 2) for x in m['load_average_1_5_15']]}. {r['note']}.", "",
+             f"Machine: {machine_line(m)}; load average at the end {m['load_avg_1m_end']:.2f}.", "",
              "| step | wall s | CPU s |", "|---|---|---|"]
     lines += [f"| {k} | {w} | {c} |" for k, (w, c) in r["seconds_wall_cpu"].items()]
     lines += ["", f"Naive baseline on the first {b['n_predictions']:,} of those predictions (same run):", "",

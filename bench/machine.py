@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import os
 import platform
+import sys
 from pathlib import Path
 
 
@@ -25,14 +26,11 @@ def describe_machine() -> dict:
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "load_avg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
     }
-    try:
-        import torch
-
+    torch = sys.modules.get("torch")  # only when the benchmark itself uses torch: importing it costs seconds
+    if torch is not None:
         info["torch"] = torch.__version__
         if torch.cuda.is_available():
             info["gpu"] = torch.cuda.get_device_name(0)
-    except ImportError:
-        pass
     return info
 
 

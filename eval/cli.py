@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import functools
 import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
+
+from mellm.errors import user_errors
 
 app = typer.Typer(
     help="ME-VQA / ME-LVQA evaluation: score predictions, or run a model endpoint over a question file.",
@@ -15,19 +16,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-
-
-def user_errors(fn):
-    """mellm.cli.user_errors, imported when a command runs: mellm.cli imports this module to mount
-    it, so importing mellm.cli here at load time would be circular."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        from mellm.cli import user_errors as print_user_errors
-
-        return print_user_errors(fn)(*args, **kwargs)
-
-    return wrapper
 
 
 def _print_summary(report) -> None:

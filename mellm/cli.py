@@ -3,14 +3,12 @@ heavy imports happen inside the commands so `mellm --help` stays fast."""
 
 from __future__ import annotations
 
-import functools
-import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from mellm.errors import MellmError
+from mellm.errors import user_errors
 
 app = typer.Typer(
     help="MELLM: micro-expression understanding with multimodal LLMs.",
@@ -18,20 +16,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-
-
-def user_errors(fn):
-    """Print MellmError (bad input, bad config) as one red line and exit 2, without a traceback."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except MellmError as e:
-            typer.secho(f"error: {e}", fg="red", err=True)
-            sys.exit(2)
-
-    return wrapper
 
 
 @app.command()

@@ -1,5 +1,8 @@
 """Error types. Each names the file, field or value at fault so a user can act on it."""
 
+import functools
+import sys
+
 
 class MellmError(Exception):
     """Base class for errors the user can fix (bad input, bad config). The CLI prints these
@@ -38,3 +41,20 @@ class NoFaceError(ClipError):
 
 class ConfigError(MellmError, ValueError):
     """A config file or override that cannot be used."""
+
+
+def user_errors(fn):
+    """For CLI commands: a MellmError (bad input, bad config) is printed as one red line and the
+    process exits with status 2, without a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except MellmError as e:
+            import typer
+
+            typer.secho(f"error: {e}", fg="red", err=True)
+            sys.exit(2)
+
+    return wrapper
