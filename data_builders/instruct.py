@@ -57,6 +57,29 @@ def _au_list_phrase(aus: list[AULabel]) -> str:
     return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
 
 
+def _none_of(aus: list[int]) -> str:
+    """"AU7" or "neither AU7 nor AU9": worded so that the answer parser reads them as negated."""
+    names = [f"AU{a}" for a in aus]
+    return names[0] if len(names) == 1 else "neither " + " nor ".join(names)
+
+
+def _disagreement(agree: dict) -> str:
+    """What the measured motion says about the labelled AUs, when it does not simply confirm them.
+    Worded so that the answer's stated AUs stay the labelled ones (mellm.answers reads them)."""
+    out = ""
+    if agree["not_observed"] and agree["confirmed"]:
+        out += " The measured motion confirms " + " and ".join(f"AU{a}" for a in agree["confirmed"]) + "."
+    if agree["not_observed"]:
+        missing = agree["not_observed"]
+        out += (f" The measured motion does not clearly show {_none_of(missing)}." if len(missing) == 1
+                else f" The measured motion clearly shows {_none_of(missing)}.")
+    if agree["unlabelled_motion"]:
+        extra = agree["unlabelled_motion"]
+        out += (f" The annotation does not include {_none_of(extra)}, which the motion also suggests." if len(extra) == 1
+                else f" The annotation includes {_none_of(extra)}, which the motion also suggests.")
+    return out
+
+
 def analysis_answer(p: Perceived) -> tuple[str, dict]:
     """The grounded reasoning chain for the open analysis question, and the agreement record."""
     rec, ev = p.record, p.evidence
@@ -69,18 +92,7 @@ def analysis_answer(p: Perceived) -> tuple[str, dict]:
     agree = agreement(rec.aus, ev)
     if rec.aus:
         line = f"Step 2 (action units): the action units are {_au_list_phrase(rec.aus)}."
-        if agree["not_observed"] or agree["unlabelled_motion"]:
-            observed = ", ".join(f"AU{a}" for a in agree["measured"]) or "no action unit"
-            line += f" The measured motion shows {observed}"
-            missing = agree["not_observed"]
-            if missing:
-                names = ", ".join(f"AU{a}" for a in missing)
-                line += f"; {names} {'is' if len(missing) == 1 else 'are'} not clearly visible in it"
-            extra = agree["unlabelled_motion"]
-            if extra:
-                names = ", ".join(f"AU{a}" for a in extra)
-                line += f"; {names} {'is' if len(extra) == 1 else 'are'} not in the annotation"
-            line += "."
+        line += _disagreement(agree)
         steps.append(line)
     elif ev.aus:
         steps.append("Step 2 (action units): the motion suggests " + _au_list_phrase(

@@ -43,7 +43,8 @@ def write_xlsx(path: Path, header: list[str], rows: list[list], notes_above: int
 
 def casme2(root: Path, synth_root: Path, clips: list[SynthClip]) -> dict:
     """CASME II: sub{XX}/{Filename}/img{n}.jpg from n = 46. Quirks planted: clip 0 has ApexFrame "/",
-    clip 1 an unknown emotion, clip 2 corrupt frames. Returns what the test should expect."""
+    clip 1 an unknown emotion, clip 2 corrupt frames, clip 3 a labelled AU its motion does not show
+    (L10). Returns what the test should expect."""
     header = ["Subject", "Filename", "OnsetFrame", "ApexFrame", "OffsetFrame", "Action Units", "Estimated Emotion"]
     rows = []
     start = 46
@@ -55,7 +56,8 @@ def casme2(root: Path, synth_root: Path, clips: list[SynthClip]) -> dict:
         shift = start - 1
         apex = "/" if k == 0 else c.apex_frame + shift
         emotion = "happy?" if k == 1 else c.fine
-        rows.append([subject, name, c.onset_frame + shift, apex, c.offset_frame + shift, au_cell(c), emotion])
+        aus = au_cell(c) + ("+L10" if k == 3 else "")
+        rows.append([subject, name, c.onset_frame + shift, apex, c.offset_frame + shift, aus, emotion])
     for f in list_frame_files(root / f"sub{int(clips[2].subject[1:]):02d}" / "EP02_02f"):
         f.write_bytes(b"this is not a jpeg")
     write_xlsx(root / "CASME2-coding-20140508.xlsx", header, rows)

@@ -58,7 +58,7 @@ def test_casme2_adapter_reads_labels_and_records_quirks(datasets_root):
     rec, clip = by_clip["EP03_03f"], clips[3]
     assert rec.subject == f"sub{int(clip.subject[1:]):02d}" and rec.fps == 200.0
     assert (rec.onset, rec.apex, rec.offset) == (clip.onset_frame + 45, clip.apex_frame + 45, clip.offset_frame + 45)
-    assert sorted((a.au, a.side) for a in rec.aus) == labels(clip)
+    assert sorted((a.au, a.side) for a in rec.aus) == sorted(labels(clip) + [(10, "L")])  # + the planted wrong label
     assert (rec.fine, rec.coarse) == (clip.fine, clip.coarse)
 
 
@@ -203,3 +203,30 @@ def test_megc_file_joined_to_clips(datasets_root, tmp_path):
     assert sorted(a.au for a in rec.aus) == [4, 7]  # brow lowerer, lid tightener
     assert len(rec.qa) == 6 and rec.qa[0] == ("What is the coarse expression class?", "negative")
     assert len(loaded.failures) > 100 and all(f.reason == "not_found" for f in loaded.failures)
+
+
+def test_every_reference_answer_reads_back_as_its_labels(built):
+    """The builder's answers and the shared answer parser (eval, gateway) agree: each answer states
+    exactly the clip's labels, including analysis answers that report disagreeing evidence."""
+    from mellm.answers import parse_answer
+
+    out, _ = built
+    rows = [r for split in ("train", "val", "test") if (out / "jsonl" / f"{split}.jsonl").exists()
+            for r in read_jsonl(out / "jsonl" / f"{split}.jsonl")]
+    disagreeing = 0
+    for r in rows:
+        p = parse_answer(r["question"], r["answer"])
+        assert p.parsed, (r["id"], r["answer"], p.problem)
+        if r["qtype"] in ("coarse", "combined", "analysis"):
+            assert p.coarse == r["coarse"], r["id"]
+        if r["qtype"] in ("fine", "combined", "analysis") and r["fine"] not in (None, "others"):
+            assert p.fine == r["fine"], (r["id"], r["answer"])
+        if r["qtype"] in ("au_list", "combined", "analysis") and r["aus"]:
+            assert sorted(p.aus) == sorted(r["aus"]), (r["id"], r["answer"])
+        if r["qtype"] == "au_yesno":
+            assert p.yes_no == (r["answer"] == "yes")
+        if r["qtype"] == "analysis" and r["clip_id"] == "EP03_03f":  # labelled L10, which its motion lacks
+            assert r["agreement"]["not_observed"] == [10] and not r["agreement"]["agree"]
+            assert "does not clearly show AU10" in r["answer"]
+            disagreeing += 1
+    assert disagreeing == 1
