@@ -6,7 +6,7 @@ clips of subjects it never saw. Reported: held-out coarse accuracy, UF1 and UAR 
 question (8 classes whose AUs overlap, so not fully determined by the evidence) for reference.
 The adapter is reloaded from disk for the evaluation, as a server would load it.
 
-  .venv/bin/python bench/train_learning.py [--steps 300] [--clips 240]
+  .venv/bin/python bench/train_learning.py [--steps 600] [--clips 120]
 
 Writes bench/results/train_learning_cpu.json and .md.
 """
@@ -28,19 +28,21 @@ sys.path.insert(0, str(ROOT))
 from bench.machine import describe_machine, machine_line  # noqa: E402
 
 
-def answers(model, processor, rows, vocabulary: dict) -> list[str]:
-    """Greedy answers to each row's question, normalised through `vocabulary` (or "?")."""
+def answers(model, processor, rows, field: str) -> list[str]:
+    """Greedy answers to each row's question, read by the shared answer parser (as `mellm eval`
+    reads them): the stated `field` ("coarse" or "fine"), or "?" when none is stated."""
     import torch
+
+    from mellm.answers import parse_answer
 
     out = []
     for row in rows:
         prompt = processor.apply_chat_template(row["messages"][:-1], add_generation_prompt=True, tokenize=False)
         enc = processor(text=[prompt], images=row["images"], return_tensors="pt")
         with torch.no_grad():
-            ids = model.generate(**enc, max_new_tokens=4, do_sample=False)
+            ids = model.generate(**enc, max_new_tokens=8, do_sample=False)
         text = processor.tokenizer.decode(ids[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-        words = text.strip().lower().split()
-        out.append(vocabulary.get(words[0].strip(".,"), "?") if words else "?")
+        out.append(getattr(parse_answer(row["question"], text), field) or "?")
     return out
 
 
@@ -60,9 +62,9 @@ def scores(pred: list[str], gold: list[str]) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=300)
-    ap.add_argument("--clips", type=int, default=240)
-    ap.add_argument("--subjects", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=600)
+    ap.add_argument("--clips", type=int, default=120)
+    ap.add_argument("--subjects", type=int, default=10)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--rank", type=int, default=16)
     ap.add_argument("--seed", type=int, default=0)
@@ -73,7 +75,6 @@ def main() -> None:
     from peft import PeftModel
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from mellm.labels import COARSE_SYNONYMS, EMOTION_SYNONYMS
     from train.config import load_config
     from train.recipe import train
     from data_builders.build import BuildConfig, build
@@ -103,7 +104,7 @@ def main() -> None:
         fine_gold, fine_rows = fine_rows["fine"], [fine_rows[i] for i in range(len(fine_rows))]
         processor = AutoProcessor.from_pretrained(model_dir)
         base = AutoModelForImageTextToText.from_pretrained(model_dir).eval()
-        before = scores(answers(base, processor, rows, COARSE_SYNONYMS), gold)
+        before = scores(answers(base, processor, rows, "coarse"), gold)
 
         t0 = time.time()
         result = train(cfg, progress=True)
@@ -113,8 +114,8 @@ def main() -> None:
         tuned = PeftModel.from_pretrained(AutoModelForImageTextToText.from_pretrained(model_dir),
                                           str(result.adapter_dir)).eval()
         tuned_processor = AutoProcessor.from_pretrained(result.adapter_dir)
-        after = scores(answers(tuned, tuned_processor, rows, COARSE_SYNONYMS), gold)
-        fine_after = scores(answers(tuned, tuned_processor, fine_rows, EMOTION_SYNONYMS), fine_gold)
+        after = scores(answers(tuned, tuned_processor, rows, "coarse"), gold)
+        fine_after = scores(answers(tuned, tuned_processor, fine_rows, "fine"), fine_gold)
         train_rows = json.loads((result.run_dir / "run.json").read_text())["data"]["train_rows"]
         held_out_subjects = json.loads((data / "splits.json").read_text())["holdout"]["test"]
 

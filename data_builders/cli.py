@@ -27,9 +27,8 @@ def build_data(
 ):
     """Turn dataset folders into MEU-Instruct instruction data (HF dataset, JSONL, exports, card).
 
-    Perception runs once per clip and is cached by clip content and settings: a rerun, or an
-    interrupted run started again, only computes what is missing. Clips that fail are listed in
-    OUT/failures.jsonl with their reason; the build goes on without them."""
+    Perception runs once per clip and is cached by clip content and settings: a rerun, or an interrupted run started again, only computes what is missing. Clips that fail are listed in OUT/failures.jsonl with their reason; the build goes on without them.
+    """
     from data_builders.build import BuildConfig, build
     from data_builders.export import PromptOptions
     from data_builders.instruct import SampleOptions

@@ -89,9 +89,8 @@ def demo(
 ):
     """The whole pipeline on built-in data, on a CPU: synth -> build-data -> train -> serve -> eval.
 
-    Synthetic clips become MEU-Instruct data; a tiny Qwen2.5-VL built offline is LoRA-tuned on them,
-    served with vLLM behind the ME gateway, and asked about clips of held-out subjects; the ME-VQA
-    report is printed. A rerun reuses the clips and the perception cache."""
+    Synthetic clips become MEU-Instruct data; a tiny Qwen2.5-VL built offline is LoRA-tuned on them, served with vLLM behind the ME gateway, and asked about clips of held-out subjects; the ME-VQA report is printed. A rerun reuses the clips, the perception cache and the trained adapter.
+    """
     from mellm.demo import DemoConfig, run_demo
 
     run_demo(DemoConfig(out=out, clips=clips, subjects=subjects, frames=frames, steps=steps, workers=workers, seed=seed))
