@@ -119,6 +119,14 @@ def vllm_command(cfg: ServerConfig, gpu: bool) -> tuple[list[str], dict]:
     return cmd + list(cfg.extra_args), env
 
 
+def _exit_with_parent() -> None:
+    """In the child, before exec: SIGTERM when the parent dies (Linux prctl PR_SET_PDEATHSIG)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
+
+
 class VLLMServer:
     """A vLLM server process. Use as a context manager, or start() / wait_healthy() / stop()."""
 
@@ -133,8 +141,10 @@ class VLLMServer:
                 raise ConfigError(f"adapter {name}={path} is not a directory")
         cmd, env = vllm_command(self.cfg, has_gpu())
         out = open(self.log, "ab") if self.log else subprocess.DEVNULL
-        # Its own process group, so stopping it also stops the engine processes it starts.
-        self.proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        # Its own process group, so stopping it also stops the engine processes it starts; and told
+        # to exit if this process dies first (a crash must not leave a server holding the port).
+        self.proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                     preexec_fn=_exit_with_parent)
         return self
 
     def wait_healthy(self, timeout_s: float = 600.0) -> None:
