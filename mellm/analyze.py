@@ -20,7 +20,7 @@ import numpy as np
 from mellm import __version__
 from mellm.aus import present, score_aus
 from mellm.describe import describe
-from mellm.errors import FrameRangeError, NoFaceError
+from mellm.errors import ConfigError, FrameRangeError, NoFaceError
 from mellm.evidence import SCHEMA_VERSION, Evidence
 from mellm.face import get_face_backend
 from mellm.flow import get_flow, optical_strain, remove_head_motion
@@ -43,6 +43,20 @@ class PerceptionSettings:
     spot_flow: str = "dis"
     spot_size: int = 128
     face_backend: str = "dlib68"
+
+    def __post_init__(self):
+        from mellm.face import FACE_BACKENDS
+        from mellm.flow import FLOW_BACKENDS, HEAD_MOTION_METHODS
+        from mellm.register import REGISTRATION_MODES
+
+        for name, value, known in (("flow", self.flow, FLOW_BACKENDS), ("spot_flow", self.spot_flow, FLOW_BACKENDS),
+                                   ("register", self.register, REGISTRATION_MODES),
+                                   ("head_motion", self.head_motion, HEAD_MOTION_METHODS),
+                                   ("face_backend", self.face_backend, FACE_BACKENDS)):
+            if value not in known:
+                raise ConfigError(f"perception setting {name}={value!r}: known values are {', '.join(sorted(known))}")
+        if self.crop_size < 64 or self.spot_size < 32:
+            raise ConfigError(f"crop_size {self.crop_size} / spot_size {self.spot_size} are too small (>= 64 / >= 32)")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -99,6 +99,8 @@ def get_flow(name: str) -> FlowBackend:
 
 # --- head (global) motion ------------------------------------------------------------------
 
+HEAD_MOTION_METHODS = ("affine", "median", "nose", "none")
+
 
 @dataclass
 class HeadMotion:

@@ -78,6 +78,7 @@ def compose(outer: np.ndarray, inner: np.ndarray) -> np.ndarray:
     return (o @ i)[:2]
 
 
+REGISTRATION_MODES = ("auto", "landmarks", "onset")
 AUTO_MIN_SHIFT = 2.0  # crop px; landmark jitter alone moves stable points about 1 px
 
 

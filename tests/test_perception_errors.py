@@ -110,3 +110,13 @@ def test_cli_synth_writes_lossless_clips_and_labels(tmp_path):
     for c in labels:
         assert (tmp_path / c["video"]).is_file() and (tmp_path / c["frames_dir"] / "img8.png").is_file()
         assert c["aus"] and c["coarse"] in ("negative", "positive", "surprise") and c["onset_frame"] < c["apex_frame"]
+
+
+def test_unknown_perception_settings_are_refused_up_front():
+    from mellm.analyze import PerceptionSettings
+    from mellm.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="flow='raft'.*dis, farneback, tvl1"):
+        PerceptionSettings(flow="raft")
+    with pytest.raises(ConfigError, match="head_motion='rigid'"):
+        PerceptionSettings(head_motion="rigid")
