@@ -226,9 +226,9 @@ def create_app(cfg: GatewayConfig) -> FastAPI:
                 result, pngs = await asyncio.get_running_loop().run_in_executor(
                     state["pool"], _perceive, source, onset, apex, offset, cfg)
             except ClipNotFoundError as e:
-                raise HTTPException(404, str(e)) from None
+                raise HTTPException(404, _hide_paths(str(e), workdir, name)) from None
             except ClipError as e:
-                raise HTTPException(422, f"{e.reason}: {e}".replace(str(workdir), name)) from None
+                raise HTTPException(422, _hide_paths(f"{e.reason}: {e}", workdir, name)) from None
             timings["perception"] = 1000 * (time.perf_counter() - t)
             evidence = result.evidence.to_dict()
             evidence["clip"] = name
@@ -241,6 +241,13 @@ def create_app(cfg: GatewayConfig) -> FastAPI:
                     "timings_ms": {k: round(v, 2) for k, v in timings.items()}}
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
+
+    def _hide_paths(message: str, workdir: Path, name: str) -> str:
+        """Error messages name the clip as the client did, never by its place on the server."""
+        message = message.replace(str(workdir), name)
+        if cfg.media_root is not None:
+            message = message.replace(str(cfg.media_root.resolve()) + "/", "").replace(str(cfg.media_root.resolve()), "")
+        return message
 
     async def _receive(file: UploadFile, workdir: Path) -> Path:
         """Stream the upload to disk, refusing it past the size limit (chunked uploads carry no length)."""

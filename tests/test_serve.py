@@ -201,6 +201,7 @@ def test_gateway_rejects_bad_clips_with_a_reason(gateway, clips, case, status, r
     r = analyze(gateway, **kwargs)
     assert r.status_code == status, r.text
     assert reason in r.json()["detail"]
+    assert str(root) not in r.text and "mellm-gw-" not in r.text  # no server paths in errors
 
 
 def test_gateway_caps_uploads(gateway):
