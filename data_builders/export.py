@@ -10,14 +10,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from data_builders.instruct import Sample
-from mellm.prompts import SYSTEM_PROMPT, build_messages, user_text
+from mellm.prompts import IMAGE_ROLES, SYSTEM_PROMPT, build_messages, user_text
 
 SPLITS = ("train", "val", "test")
 
 
 @dataclass(frozen=True)
 class PromptOptions:
-    image_roles: tuple[str, ...] = ("onset", "apex", "flow")
+    image_roles: tuple[str, ...] = IMAGE_ROLES
     evidence_in_prompt: bool = True  # the flow-guided variant: the motion description in the user turn
 
 

@@ -23,9 +23,6 @@ from data_builders.records import ClipFailure, ClipRecord
 from mellm.analyze import PerceptionSettings
 from mellm.evidence import Evidence
 
-IMAGE_ROLES = ("onset", "apex", "flow")
-
-
 @dataclass
 class Perceived:
     record: ClipRecord

@@ -36,7 +36,7 @@ from mellm.media import ClipWindow, MediaIndex, clip_window, median_spans
 from eval.records import load_predictions
 from mellm.megc import QARow, load_questions
 from mellm.errors import ClipError, MellmError
-from mellm.prompts import build_messages, to_openai_messages
+from mellm.prompts import IMAGE_ROLES, build_messages, to_openai_messages
 
 
 class EndpointError(MellmError):
@@ -109,9 +109,6 @@ def _png(rgb, max_side: int | None = None) -> bytes:
     return buf.getvalue()
 
 
-IMAGE_ROLES = ("onset", "apex", "flow")
-
-
 def build_clip_inputs(row: QARow, path: Path, spans: dict[str, int], *, evidence: bool, max_side: int) -> ClipInputs:
     """What the model sees for a clip. Without evidence: the onset and apex frames (scaled to
     max_side). With evidence: perception's onset and apex face crops, the flow colour map and the
@@ -129,8 +126,7 @@ def build_clip_inputs(row: QARow, path: Path, spans: dict[str, int], *, evidence
     result = analyze_clip(path, onset=window.onset, apex=window.apex if row.apex is not None else None,
                           offset=window.offset if window.offset > window.onset else None)
     window = ClipWindow(path, window.onset, result.evidence.apex_frame, window.offset, window.n_frames, window.note)
-    images = result.images()
-    return ClipInputs([_png(images[r]) for r in IMAGE_ROLES], IMAGE_ROLES, result.evidence.description, window)
+    return ClipInputs(result.pngs(IMAGE_ROLES), IMAGE_ROLES, result.evidence.description, window)
 
 
 def _clip_key(row: QARow) -> tuple:

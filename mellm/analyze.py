@@ -13,6 +13,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Sequence
 
 import cv2
 import numpy as np
@@ -25,6 +26,7 @@ from mellm.evidence import SCHEMA_VERSION, Evidence
 from mellm.face import get_face_backend
 from mellm.flow import get_flow, optical_strain, remove_head_motion
 from mellm.flowviz import flow_colour_map
+from mellm.prompts import IMAGE_ROLES
 from mellm.regions import nose_mask, region_masks, region_stats, stable_mask
 from mellm.register import canonical_from_face, frame_to_crop, warp
 from mellm.spotting import motion_curve
@@ -79,10 +81,20 @@ class Analysis:
     def flow_image(self, legend: bool = True) -> np.ndarray:
         return flow_colour_map(self.flow, self.onset_crop, legend=legend)
 
-    def images(self) -> dict[str, np.ndarray]:
+    def images(self, roles: Sequence[str] = IMAGE_ROLES) -> dict[str, np.ndarray]:
         """What a model is shown, by image role (mellm.prompts): the grey onset and apex face crops
         and the flow colour map. Training data, serving and evaluation all take them from here."""
-        return {"onset": self.onset_crop, "apex": self.apex_crop, "flow": self.flow_image()}
+        render = {"onset": lambda: self.onset_crop, "apex": lambda: self.apex_crop, "flow": self.flow_image}
+        return {role: render[role]() for role in roles}
+
+    def pngs(self, roles: Sequence[str] = IMAGE_ROLES) -> list[bytes]:
+        """`images(roles)` as PNG bytes, in order, for a request: lossless, fast compression."""
+        out = []
+        for image in self.images(roles).values():
+            ok, buf = cv2.imencode(".png", image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
+                                   [cv2.IMWRITE_PNG_COMPRESSION, 1])
+            out.append(buf.tobytes())
+        return out
 
 
 class _Timer:

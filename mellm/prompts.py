@@ -29,6 +29,7 @@ IMAGE_ROLE_TEXT = {
     "apex": "the apex frame (peak of the expression)",
     "flow": "an optical-flow colour map from onset to apex (hue = direction, brightness = magnitude)",
 }
+IMAGE_ROLES = tuple(IMAGE_ROLE_TEXT)  # the default images of a sample, in order
 
 
 def user_text(question: str, image_roles: Sequence[str] = (), evidence_text: str | None = None) -> str:
@@ -44,7 +45,7 @@ def user_text(question: str, image_roles: Sequence[str] = (), evidence_text: str
 
 def build_messages(
     question: str,
-    image_roles: Sequence[str] = ("onset", "apex", "flow"),
+    image_roles: Sequence[str] = IMAGE_ROLES,
     evidence_text: str | None = None,
     answer: str | None = None,
     text_only: bool = False,

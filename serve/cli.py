@@ -16,11 +16,12 @@ def _as_trained(trained_dir: Path | None, images: str | None, evidence: bool | N
     from dataclasses import fields
 
     from mellm.analyze import PerceptionSettings
+    from mellm.prompts import IMAGE_ROLES
     from serve.vllm_server import serving_notes
 
     notes = serving_notes(trained_dir) if trained_dir is not None else {}
     prompt = notes.get("prompt") or {}
-    roles = tuple(prompt.get("image_roles", ("onset", "apex", "flow")))
+    roles = tuple(prompt.get("image_roles", IMAGE_ROLES))
     with_evidence = bool(prompt.get("evidence_in_prompt", True))
     known = {f.name for f in fields(PerceptionSettings)}
     perception = PerceptionSettings(**{k: v for k, v in (notes.get("perception") or {}).items() if k in known})

@@ -14,7 +14,6 @@ queued ones get 429 at once), API key (401). A bad clip is a 4xx with the reason
 from __future__ import annotations
 
 import asyncio
-import io
 import shutil
 import tempfile
 import time
@@ -29,6 +28,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from mellm.analyze import PerceptionSettings
 from mellm.errors import ClipError, ClipNotFoundError
+from mellm.prompts import IMAGE_ROLES
 from mellm.vqa import ANALYSIS_QUESTION
 from serve.clips import ClipRequestError, resolve_media_path, save_upload
 
@@ -45,7 +45,7 @@ class GatewayConfig:
     max_concurrency: int = 2  # clips analysed at once (perception is CPU-bound)
     max_queue: int = 8  # requests allowed to wait for a slot; more get 429
     max_tokens: int = 256
-    image_roles: tuple[str, ...] = ("onset", "apex", "flow")
+    image_roles: tuple[str, ...] = IMAGE_ROLES
     evidence_in_prompt: bool = True
     perception: PerceptionSettings = field(default_factory=PerceptionSettings)
 
@@ -136,18 +136,10 @@ def _check_key(cfg: GatewayConfig, request: Request) -> None:
 
 def _perceive(source: Path, onset, apex, offset, cfg: "GatewayConfig"):
     """Perception and the model's images as PNG bytes (run in a worker thread)."""
-    from PIL import Image
-
     from mellm.analyze import analyze_clip
 
     result = analyze_clip(source, onset=onset, apex=apex, offset=offset, settings=cfg.perception)
-    images = result.images()
-    pngs = []
-    for role in cfg.image_roles:
-        buf = io.BytesIO()
-        Image.fromarray(images[role]).save(buf, format="PNG", compress_level=1)  # lossless; speed over size
-        pngs.append(buf.getvalue())
-    return result, pngs
+    return result, result.pngs(cfg.image_roles)
 
 
 def _parsed(question: str, text: str) -> dict:
