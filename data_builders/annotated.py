@@ -12,6 +12,7 @@ from data_builders.records import ClipFailure, ClipRecord, Loaded
 from data_builders.sheets import SheetRow, frame_number
 from mellm.errors import LabelError
 from mellm.labels import emotion_labels, parse_au_codes
+from mellm.media import find_child
 
 
 @dataclass(frozen=True)
@@ -28,17 +29,6 @@ class Columns:
 
     def required(self) -> list[list[str]]:
         return [list(self.subject), list(self.clip), list(self.onset), list(self.aus), list(self.emotion)]
-
-
-def find_child(folder: Path, name: str) -> Path | None:
-    """folder/name, or an entry whose name differs only in case."""
-    exact = folder / name
-    if exact.exists():
-        return exact
-    if not folder.is_dir():
-        return None
-    low = name.lower()
-    return next((p for p in folder.iterdir() if p.name.lower() == low), None)
 
 
 def find_clip(root: Path, candidates: list[tuple[str, ...]]) -> Path | None:

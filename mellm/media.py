@@ -35,9 +35,8 @@ from pathlib import Path
 
 from mellm.megc import QARow, canonical_dataset
 from mellm.errors import ClipNotFoundError, FrameRangeError, MellmError
-from mellm.video import Clip
+from mellm.video import VIDEO_SUFFIXES, Clip
 
-VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".mpg", ".mpeg", ".m4v")
 _DATASET_DIRS = {
     "casme2": ("casme2", "casmeii", "casme2raw", "casme2rawpic", "casme2cropped"),
     "samm": ("samm", "sammlongvideos", "sammlv", "sammlongvideosv3release"),
@@ -51,7 +50,7 @@ def _fold(name: str) -> str:
     return re.sub(r"[^a-z0-9]", "", name.lower())
 
 
-def _child(folder: Path, name: str, loose: bool = False) -> Path | None:
+def find_child(folder: Path, name: str, loose: bool = False) -> Path | None:
     """folder/name, else an entry whose name differs only in case; loose (dataset folders only):
     also in punctuation ("CASME II" = "casme2"). Clip names are never matched loosely: "006_1_2"
     and "006_12" must stay different clips."""
@@ -114,7 +113,7 @@ class MediaIndex:
         as_written = row.dataset_field if canonical_dataset(row.dataset_field) == row.dataset else None
         names = [row.dataset, as_written, *_DATASET_DIRS.get(row.dataset, ())]
         dirs = [d for n in dict.fromkeys(n for n in names if n)
-                if (d := _child(self.root, n, loose=True)) and d.is_dir()]
+                if (d := find_child(self.root, n, loose=True)) and d.is_dir()]
         return list(dict.fromkeys(dirs)) + [self.root]
 
     def candidates(self, row: QARow) -> list[Path]:
@@ -161,7 +160,7 @@ def _existing(path: Path) -> Path | None:
     parent = path.parent
     if not parent.is_dir():
         return None
-    hit = _child(parent, path.name)
+    hit = find_child(parent, path.name)
     if hit is not None and (hit.is_dir() or hit.suffix.lower() in VIDEO_SUFFIXES):
         return hit
     for suffix in VIDEO_SUFFIXES:

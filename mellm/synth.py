@@ -23,6 +23,7 @@ import cv2
 import numpy as np
 
 from mellm.labels import COARSE_OF_FINE
+from mellm.register import compose
 
 FPS = 200.0  # like CASME II and SAMM
 
@@ -223,17 +224,13 @@ def exact_flow(clip: SynthClip, to_crop: np.ndarray, size: int, width: int, heig
     to_crop: the 2x3 matrix the pipeline used to map the onset frame into its crop."""
     field_ = displacement_field(clip.bumps, width, height)
     onset_pose = head_matrix(clip, clip.onset_frame, width, height)
-    crop_to_base = cv2.invertAffineTransform(_compose(to_crop, onset_pose))
+    to_crop_from_base = compose(to_crop, onset_pose)
+    crop_to_base = cv2.invertAffineTransform(to_crop_from_base)
     ys, xs = np.mgrid[0:size, 0:size].astype(np.float32)
     bx = (crop_to_base[0, 0] * xs + crop_to_base[0, 1] * ys + crop_to_base[0, 2]).astype(np.float32)
     by = (crop_to_base[1, 0] * xs + crop_to_base[1, 1] * ys + crop_to_base[1, 2]).astype(np.float32)
     d = cv2.remap(field_, bx, by, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
-    lin = _compose(to_crop, onset_pose)[:, :2]
-    return (d @ lin.T).astype(np.float32)
-
-
-def _compose(outer: np.ndarray, inner: np.ndarray) -> np.ndarray:
-    return (np.vstack([outer, [0, 0, 1]]) @ np.vstack([inner, [0, 0, 1]]))[:2]
+    return (d @ to_crop_from_base[:, :2].T).astype(np.float32)
 
 
 # --- corpus -------------------------------------------------------------------------------------

@@ -20,7 +20,8 @@ import numpy as np
 from mellm.errors import ClipNotFoundError, EmptyClipError, FrameRangeError, UnreadableClipError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
-VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".mov", ".webm", ".mpg", ".mpeg", ".m4v", ".wmv", ".flv"}
+# In the order clip lookup tries them when a path has no extension (mellm.media).
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".mpg", ".mpeg", ".m4v", ".wmv", ".flv")
 
 
 def natural_key(path: Path) -> list:
