@@ -143,7 +143,7 @@ def analyze_clip(source: str | Path, onset: int | None = None, apex: int | None 
         if last <= onset:
             raise FrameRangeError(f"no frames after onset frame {onset} in {clip.path} to spot an apex in")
         with timer("spot"):
-            curve = motion_curve(clip, onset, last, canon, s.spot_size, s.spot_flow, s.head_motion)
+            curve = motion_curve(clip, onset, onset_rgb, last, canon, s.spot_size, s.spot_flow, s.head_motion)
             apex = curve.apex
     with timer("decode"):
         apex_rgb = clip.read(apex)

@@ -35,15 +35,16 @@ class MotionCurve:
         return {"frames": self.frames, "magnitude": [round(m, 4) for m in self.magnitude]}
 
 
-def motion_curve(clip: Clip, onset: int, last: int, canon: Canonical, size: int = 128, method: str = "dis",
-                 head_motion: str = "affine", batch: int = 32) -> MotionCurve:
+def motion_curve(clip: Clip, onset: int, onset_rgb: np.ndarray, last: int, canon: Canonical, size: int = 128,
+                 method: str = "dis", head_motion: str = "affine", batch: int = 32) -> MotionCurve:
+    """The curve over frames onset+1..last; `onset_rgb` is frame `onset`, already decoded by the caller."""
     scale = size / canon.size
     matrix = canon.matrix * scale
     lm = canon.landmarks * scale
     iod = canon.iod * scale
     fmask, smask, nmask = face_mask(lm, size, iod), stable_mask(lm, size, iod), nose_mask(lm, size, iod)
     flow_fn = get_flow(method)
-    onset_crop = warp(_gray(clip.read(onset)), matrix, size)
+    onset_crop = warp(_gray(onset_rgb), matrix, size)
     frames = clip.numbers_between(onset + 1, last)
     mags = []
     for start in range(0, len(frames), batch):  # bounded memory for long clips
