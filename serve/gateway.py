@@ -19,7 +19,7 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import httpx
@@ -48,6 +48,26 @@ class GatewayConfig:
     image_roles: tuple[str, ...] = IMAGE_ROLES
     evidence_in_prompt: bool = True
     perception: PerceptionSettings = field(default_factory=PerceptionSettings)
+
+
+def as_trained(trained_dir: Path | None, images: str | None, evidence: bool | None) -> dict:
+    """Gateway settings: explicit flags, else how the adapter's training data was prompted and
+    perceived (its serving.json), else the build-data defaults. Asking the model in any other way
+    than it was trained is train/serve skew."""
+    from serve.vllm_server import serving_notes
+
+    notes = serving_notes(trained_dir) if trained_dir is not None else {}
+    prompt = notes.get("prompt") or {}
+    roles = tuple(prompt.get("image_roles", IMAGE_ROLES))
+    with_evidence = bool(prompt.get("evidence_in_prompt", True))
+    known = {f.name for f in fields(PerceptionSettings)}
+    perception = PerceptionSettings(**{k: v for k, v in (notes.get("perception") or {}).items() if k in known})
+    if images is not None:
+        roles = tuple(r.strip() for r in images.split(",") if r.strip())
+    if evidence is not None:
+        with_evidence = evidence
+    return {"image_roles": roles, "evidence_in_prompt": with_evidence, "perception": perception}
+
 
 
 class Limiter:

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from mellm.errors import ConfigError
-from serve.cli import _as_trained
+from serve.gateway import as_trained
 from serve.vllm_server import ServerConfig, vllm_command
 
 
@@ -45,9 +45,9 @@ def test_adapters_with_different_image_limits_are_refused(tmp_path):
 def test_gateway_asks_as_the_adapter_was_trained(tmp_path):
     a = adapter(tmp_path / "a", notes={"prompt": {"image_roles": ["flow"], "evidence_in_prompt": False},
                                        "perception": {"flow": "dis", "crop_size": 256, "key": "abc"}})
-    trained = _as_trained(a, None, None)
+    trained = as_trained(a, None, None)
     assert trained["image_roles"] == ("flow",) and trained["evidence_in_prompt"] is False
     assert trained["perception"].flow == "dis"
-    overridden = _as_trained(a, "onset,apex", True)
+    overridden = as_trained(a, "onset,apex", True)
     assert overridden["image_roles"] == ("onset", "apex") and overridden["evidence_in_prompt"] is True
-    assert _as_trained(None, None, None)["image_roles"] == ("onset", "apex", "flow")
+    assert as_trained(None, None, None)["image_roles"] == ("onset", "apex", "flow")
