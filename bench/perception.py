@@ -31,8 +31,8 @@ sys.path.insert(0, str(ROOT))
 from bench.machine import describe_machine, machine_line  # noqa: E402
 from mellm.analyze import PerceptionSettings, analyze_clip  # noqa: E402
 from mellm.flow import register_flow_backend, remove_head_motion  # noqa: E402
-from mellm.regions import face_mask, nose_mask, stable_mask  # noqa: E402
-from mellm.synth import SynthConfig, exact_flow, generate_corpus  # noqa: E402
+from mellm.regions import nose_mask, stable_mask  # noqa: E402
+from mellm.synth import SynthConfig, au_recovery, flow_error, generate_corpus  # noqa: E402
 from mellm.video import open_clip  # noqa: E402
 
 
@@ -46,19 +46,6 @@ class OpenCVDefaultTVL1:
         return self.impl.calc(a, b, None)
 
 
-def epe(result, clip) -> tuple[float, float]:
-    truth = exact_flow(clip, result.to_crop, 256, clip.base["width"], clip.base["height"])
-    mask = face_mask(result.landmarks, 256, 96) & (np.linalg.norm(truth, axis=-1) > 0.2)
-    return float(np.linalg.norm(result.flow - truth, axis=-1)[mask].mean()), float(np.linalg.norm(truth, axis=-1)[mask].mean())
-
-
-def au_counts(clip, evidence) -> tuple[int, int, int]:
-    truth = {a["au"] for a in clip.aus if a["amplitude_px"] >= 0.5}
-    weak = {a["au"] for a in clip.aus if a["amplitude_px"] < 0.5}
-    found = {a.au for a in evidence.aus} - weak
-    return len(truth & found), len(found - truth), len(truth - found)
-
-
 def run_config(root: Path, clips, flow: str, spotted: bool) -> dict:
     settings = PerceptionSettings(flow=flow)
     stages: dict[str, list[float]] = {}
@@ -70,10 +57,10 @@ def run_config(root: Path, clips, flow: str, spotted: bool) -> dict:
         ev = result.evidence
         for k, v in ev.timings_ms.items():
             stages.setdefault(k, []).append(v)
-        a, b, d = au_counts(c, ev)
+        a, b, d = au_recovery(c, {x.au for x in ev.aus})
         tp, fp, fn = tp + a, fp + b, fn + d
         hits += abs(ev.apex_frame - c.apex_frame) <= 2
-        e, z = epe(result, c)
+        e, z = flow_error(c, result.flow, result.to_crop, result.landmarks)
         epes.append(e)
         zeros.append(z)
     med = {k: round(statistics.median(v), 1) for k, v in stages.items()}
@@ -104,8 +91,7 @@ def run_baseline(root: Path, clips) -> dict:
         in_crop = cv2.remap(full, sx, sy, cv2.INTER_LINEAR) @ ref.to_crop[:, :2].T
         lm = ref.landmarks
         in_crop, _ = remove_head_motion(in_crop.astype(np.float32), stable_mask(lm, 256, 96), nose_mask(lm, 256, 96))
-        ref.flow = in_crop
-        epes.append(epe(ref, c)[0])
+        epes.append(flow_error(c, in_crop, ref.to_crop, lm)[0])
     return {"flow": "tvl1 (OpenCV defaults) on the full 640x480 frame", "apex": "given",
             "ms_median": {"total": round(statistics.median(times), 1)},
             "clips_per_s": round(1000 / statistics.mean(times), 2), "epe_px": round(statistics.mean(epes), 3)}

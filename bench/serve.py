@@ -29,7 +29,6 @@ import sys
 import tempfile
 import threading
 import time
-import zipfile
 from pathlib import Path
 
 import httpx
@@ -117,33 +116,13 @@ def transformers_app(base: Path, adapter: Path):
     return app
 
 
-def build_models(tmp: Path) -> tuple[Path, Path]:
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForImageTextToText
-
-    from train.lora import target_regex
-    from train.tiny_models import build_tiny_model
-
-    base = build_tiny_model(tmp / "tiny")
-    model = AutoModelForImageTextToText.from_pretrained(base, dtype=torch.float32)
-    torch.manual_seed(0)
-    targets = target_regex(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
-    get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=targets, init_lora_weights=False)).save_pretrained(tmp / "me")
-    return base, tmp / "me"
-
-
 def gateway_overhead(vllm_url: str, media: Path, clip, n: int) -> dict:
+    from serve.client import zip_frames
     from serve.gateway import GatewayConfig, create_app
 
     cfg = GatewayConfig(upstream=vllm_url, model="me", media_root=media, max_tokens=8, max_queue=64,
                         perception=PerceptionSettings(flow="dis"))
-    frames = media / clip.frames_dir
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as zf:
-        for f in sorted(frames.iterdir()):
-            zf.write(f, f.name)
-    zipped = buf.getvalue()
+    zipped = zip_frames(media / clip.frames_dir)
     form = {"onset": str(clip.onset_frame), "apex": str(clip.apex_frame), "question": QUESTION}
     out = {}
     with serve_in_thread(create_app(cfg)) as url:
@@ -176,12 +155,17 @@ def main() -> None:
     if (args.model is None) != (args.adapter is None):
         ap.error("--model and --adapter go together")
     from serve.gateway import GatewayConfig, _perceive
+    from train.tiny_models import build_random_adapter, build_tiny_model
     from serve.vllm_server import ServerConfig, VLLMServer
 
     machine = describe_machine()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        base, adapter = (args.model, args.adapter) if args.model else build_models(tmp)
+        if args.model:
+            base, adapter = args.model, args.adapter
+        else:
+            base = build_tiny_model(tmp / "tiny")
+            adapter = build_random_adapter(base, tmp / "me")
         media = tmp / "media"
         clips = generate_corpus(media, n=4, seed=3, config=SynthConfig(n_frames=24))
         clip = clips[0]

