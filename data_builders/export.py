@@ -89,6 +89,16 @@ def write_hf(out: Path, opts: PromptOptions, splits: list[str], text_only: bool)
     return target
 
 
+def _user_turn(row: dict, opts: PromptOptions) -> str:
+    """The user turn as LLaMA-Factory and ms-swift take it: one <image> tag per image, then the
+    same text mellm.prompts builds."""
+    return "<image>" * len(opts.image_roles) + user_text(row["question"], opts.image_roles, row["evidence_text"])
+
+
+def _image_paths(row: dict, out: Path) -> list[str]:
+    return [str((out / p).resolve()) for p in row["images"]]
+
+
 def write_llamafactory(rows_by_split: dict[str, list[dict]], out: Path, opts: PromptOptions) -> None:
     """sharegpt format with `images`, and its dataset_info.json. Image paths are absolute."""
     folder = out / "exports" / "llamafactory"
@@ -97,9 +107,8 @@ def write_llamafactory(rows_by_split: dict[str, list[dict]], out: Path, opts: Pr
     for split, rows in rows_by_split.items():
         items = [{
             "system": SYSTEM_PROMPT,
-            "messages": [{"role": "user", "content": "<image>" * len(opts.image_roles) + user_text(r["question"], opts.image_roles, r["evidence_text"])},
-                         {"role": "assistant", "content": r["answer"]}],
-            "images": [str((out / p).resolve()) for p in r["images"]],
+            "messages": [{"role": "user", "content": _user_turn(r, opts)}, {"role": "assistant", "content": r["answer"]}],
+            "images": _image_paths(r, out),
         } for r in rows]
         (folder / f"{split}.json").write_text(json.dumps(items, indent=1))
         info[f"meu_instruct_{split}"] = {
@@ -119,8 +128,8 @@ def write_swift(rows_by_split: dict[str, list[dict]], out: Path, opts: PromptOpt
             for r in rows:
                 item = {
                     "messages": [{"role": "system", "content": SYSTEM_PROMPT},
-                                 {"role": "user", "content": "<image>" * len(opts.image_roles) + user_text(r["question"], opts.image_roles, r["evidence_text"])},
+                                 {"role": "user", "content": _user_turn(r, opts)},
                                  {"role": "assistant", "content": r["answer"]}],
-                    "images": [str((out / p).resolve()) for p in r["images"]],
+                    "images": _image_paths(r, out),
                 }
                 f.write(json.dumps(item) + "\n")
