@@ -307,6 +307,8 @@ async def _run_via_gateway(cfg: RunConfig, rows: list[QARow], paths: dict[tuple,
 
 def run_eval(cfg: RunConfig) -> RunSummary:
     """Ask every unanswered question of cfg.questions; score when the file has reference answers."""
+    if cfg.gateway not in (None, "path", "upload"):  # before any work
+        raise MellmError(f"gateway mode {cfg.gateway!r}: use 'path' or 'upload'")
     started = time.time()
     qfile = load_questions(cfg.questions)
     pred_path = Path(cfg.out) / "predictions.jsonl"
@@ -343,8 +345,6 @@ def run_eval(cfg: RunConfig) -> RunSummary:
     if appender.dropped_partial_line:
         notes[str(pred_path)] = "dropped the cut-off last line an interrupted run left; its question is asked again"
     counts = Counter(questions=len(qfile.rows), already_answered=len(done), asked=len(pending), answered=0)
-    if cfg.gateway not in (None, "path", "upload"):
-        raise MellmError(f"gateway mode {cfg.gateway!r}: use 'path' or 'upload'")
     try:
         if cfg.gateway:
             asyncio.run(_run_via_gateway(cfg, askable, paths, median_spans(qfile.rows), appender, failures, counts))
