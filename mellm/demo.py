@@ -132,14 +132,17 @@ def run_demo(cfg: DemoConfig, console: Console | None = None) -> dict:
 
 
 def _coarse_accuracy(questions: Path, predictions: Path) -> dict:
+    """Accuracy on the coarse-class questions, read as `mellm eval` reads answers."""
     from collections import Counter
 
+    from eval.records import load_predictions
     from mellm.answers import parse_answer
+    from mellm.megc import load_questions
+    from mellm.vqa import QType, classify_question
 
-    answers = {json.loads(line)["id"]: json.loads(line)["answer"] for line in predictions.read_text().splitlines()}
-    rows = [json.loads(line) for line in questions.read_text().splitlines()]
-    coarse = [r for r in rows if r["id"].endswith("_coarse_1")]
-    right = sum(parse_answer(r["question"], answers.get(r["id"], "")).coarse == r["answer"] for r in coarse)
-    counts = Counter(r["answer"] for r in coarse)
+    answers = load_predictions(predictions).answers
+    coarse = [r for r in load_questions(questions).rows if classify_question(r.question).type is QType.COARSE]
+    right = sum(parse_answer(r.question, answers.get(r.id, "")).coarse == r.answer for r in coarse)
+    counts = Counter(r.answer for r in coarse)
     n = max(1, len(coarse))
     return {"n": len(coarse), "accuracy": right / n, "chance": 1 / 3, "majority": max(counts.values(), default=0) / n}
