@@ -47,17 +47,12 @@ def answers(model, processor, rows, field: str) -> list[str]:
 
 
 def scores(pred: list[str], gold: list[str]) -> dict:
-    classes = sorted(set(gold))
-    f1, recall = [], []
-    for c in classes:
-        tp = sum(p == c and g == c for p, g in zip(pred, gold))
-        fp = sum(p == c and g != c for p, g in zip(pred, gold))
-        fn = sum(p != c and g == c for p, g in zip(pred, gold))
-        f1.append(2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0)
-        recall.append(tp / (tp + fn) if tp + fn else 0.0)
-    return {"accuracy": sum(p == g for p, g in zip(pred, gold)) / len(gold), "uf1": sum(f1) / len(f1),
-            "uar": sum(recall) / len(recall), "n": len(gold),
-            "predicted": dict(collections.Counter(pred))}
+    """Accuracy, and UF1 / UAR as `mellm eval` computes them (over the classes in `gold`)."""
+    from eval.metrics import class_metrics
+
+    m = class_metrics(gold, pred)
+    return {"accuracy": sum(p == g for p, g in zip(pred, gold)) / len(gold), "uf1": m.uf1, "uar": m.uar,
+            "n": len(gold), "predicted": dict(collections.Counter(pred))}
 
 
 def main() -> None:
