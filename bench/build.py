@@ -23,8 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.machine import describe_machine, machine_line  # noqa: E402
-from data_builders.build import BuildConfig, build  # noqa: E402
 from mellm.analyze import PerceptionSettings  # noqa: E402
+from mellm.data_builders.build import BuildConfig, build  # noqa: E402
 from mellm.synth import SynthConfig, generate_corpus  # noqa: E402
 
 

@@ -33,12 +33,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.machine import describe_machine, machine_line  # noqa: E402
-from eval.metrics import bleu_tokens, class_metrics, corpus_bleu, multilabel_f1, rouge_tokens  # noqa: E402
-from eval.records import load_predictions  # noqa: E402
-from mellm.megc import load_questions  # noqa: E402
-from eval.report import write_report  # noqa: E402
-from eval.score import score_files  # noqa: E402
+from mellm.eval.metrics import bleu_tokens, class_metrics, corpus_bleu, multilabel_f1, rouge_tokens  # noqa: E402
+from mellm.eval.records import load_predictions  # noqa: E402
+from mellm.eval.report import write_report  # noqa: E402
+from mellm.eval.score import score_files  # noqa: E402
 from mellm.labels import AU_BY_NAME, AU_NAMES, COARSE_SYNONYMS, EMOTION_SYNONYMS, format_au_list  # noqa: E402
+from mellm.megc import load_questions  # noqa: E402
 from mellm.vqa import combined_answer  # noqa: E402
 
 TRAIN = ROOT / "data" / "megc2025" / "me_vqa_samm_casme2_smic.jsonl"
@@ -179,8 +179,8 @@ def _f(overlap: int, nh: int, nr: int) -> float:
 def clear_caches() -> None:
     """Forget every memoised parse and text score, so each measurement starts cold like a new
     `mellm eval score` process (the baseline subset repeats the strings of the big run)."""
-    from eval import metrics
     from mellm import answers, megc
+    from mellm.eval import metrics
 
     for cached in (answers._parse, metrics.bleu_stats, metrics.rouge_scores, metrics._reference_ngrams,
                    metrics._reference_rouge, megc.canonical_dataset):

@@ -37,9 +37,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.machine import describe_machine, machine_line  # noqa: E402
-from serve.background import free_port, serve_in_thread  # noqa: E402
 from mellm.analyze import PerceptionSettings  # noqa: E402
 from mellm.prompts import build_messages, to_openai_messages  # noqa: E402
+from mellm.serve.background import free_port, serve_in_thread  # noqa: E402
 from mellm.synth import SynthConfig, generate_corpus  # noqa: E402
 
 LEVELS = (1, 8, 32)
@@ -117,8 +117,8 @@ def transformers_app(base: Path, adapter: Path):
 
 
 def gateway_overhead(vllm_url: str, media: Path, clip, n: int) -> dict:
-    from serve.client import zip_frames
-    from serve.gateway import GatewayConfig, create_app
+    from mellm.serve.client import zip_frames
+    from mellm.serve.gateway import GatewayConfig, create_app
 
     cfg = GatewayConfig(upstream=vllm_url, model="me", media_root=media, max_tokens=8, max_queue=64,
                         perception=PerceptionSettings(flow="dis"))
@@ -154,9 +154,9 @@ def main() -> None:
     args = ap.parse_args()
     if (args.model is None) != (args.adapter is None):
         ap.error("--model and --adapter go together")
-    from serve.gateway import GatewayConfig, _perceive
-    from train.tiny_models import build_random_adapter, build_tiny_model
-    from serve.vllm_server import ServerConfig, VLLMServer
+    from mellm.serve.gateway import GatewayConfig, _perceive
+    from mellm.serve.vllm_server import ServerConfig, VLLMServer
+    from mellm.train.tiny_models import build_random_adapter, build_tiny_model
 
     machine = describe_machine()
     with tempfile.TemporaryDirectory() as tmp:

@@ -48,7 +48,7 @@ def answers(model, processor, rows, field: str) -> list[str]:
 
 def scores(pred: list[str], gold: list[str]) -> dict:
     """Accuracy, and UF1 / UAR as `mellm eval` computes them (over the classes in `gold`)."""
-    from eval.metrics import class_metrics
+    from mellm.eval.metrics import class_metrics
 
     m = class_metrics(gold, pred)
     return {"accuracy": sum(p == g for p, g in zip(pred, gold)) / len(gold), "uf1": m.uf1, "uar": m.uar,
@@ -70,11 +70,11 @@ def main() -> None:
     from peft import PeftModel
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from train.config import load_config
-    from train.recipe import train
-    from data_builders.build import BuildConfig, build
+    from mellm.data_builders.build import BuildConfig, build
     from mellm.synth import SynthConfig, generate_corpus
-    from train.tiny_models import build_tiny_model
+    from mellm.train.config import load_config
+    from mellm.train.recipe import train
+    from mellm.train.tiny_models import build_tiny_model
 
     machine = describe_machine()
     with tempfile.TemporaryDirectory() as tmp:

@@ -56,7 +56,7 @@ def _rss_mb() -> float:
 
 
 def _config(args, assets: dict, gradient_checkpointing: bool):
-    from train.config import load_config
+    from mellm.train.config import load_config
 
     base = "tiny_cpu.yaml" if args.arch == "tiny" else "qwen2_5_vl_7b_lora.yaml"
     overrides = [
@@ -76,7 +76,7 @@ def _config(args, assets: dict, gradient_checkpointing: bool):
 def _model(args, cfg, assets):
     import torch
 
-    from train.recipe import load_model
+    from mellm.train.recipe import load_model
 
     if args.arch == "tiny":
         return load_model(cfg)
@@ -95,8 +95,8 @@ def worker(args) -> dict:
     from transformers import TrainerCallback
     from transformers.trainer_utils import SaveStrategy
 
-    from train.data import load_train_eval
-    from train.recipe import build_trainer, load_processor
+    from mellm.train.data import load_train_eval
+    from mellm.train.recipe import build_trainer, load_processor
 
     assets = json.loads(args.assets)
     cfg = _config(args, assets, args.gradient_checkpointing and args.worker != "ours_nogc")
@@ -109,7 +109,7 @@ def worker(args) -> dict:
     else:
         from trl import SFTConfig, SFTTrainer
 
-        from train.lora import peft_config
+        from mellm.train.lora import peft_config
 
         # What the trl documentation's script sets: the training maths identical to ours (batch,
         # schedule, precision, gradient checkpointing, sequence length, answer-only loss, LoRA);
@@ -155,10 +155,16 @@ def worker(args) -> dict:
 
 
 def prepare(args, tmp: Path) -> dict:
-    from data_builders.build import BuildConfig, build
+    from mellm.data_builders.build import BuildConfig, build
     from mellm.synth import SynthConfig, generate_corpus
-    from train.tiny_models import (CHAT_TEMPLATE, _special_ids, build_tiny_model, real_size_config, tiny_processor,
-                                   train_tokenizer)
+    from mellm.train.tiny_models import (
+        CHAT_TEMPLATE,
+        _special_ids,
+        build_tiny_model,
+        real_size_config,
+        tiny_processor,
+        train_tokenizer,
+    )
 
     # The real data path: synthetic clips -> `mellm build-data` (every question type, so sample
     # lengths range from one-word answers to reasoning chains, as in MEU-Instruct).

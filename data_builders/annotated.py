@@ -4,12 +4,12 @@ layout, frame rate and quirks."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
-from data_builders.records import ClipFailure, ClipRecord, Loaded
-from data_builders.sheets import SheetRow, frame_number
+from mellm.data_builders.records import ClipFailure, ClipRecord, Loaded
+from mellm.data_builders.sheets import SheetRow, frame_number
 from mellm.errors import LabelError
 from mellm.labels import emotion_labels, parse_au_codes
 from mellm.media import find_child

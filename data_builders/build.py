@@ -14,15 +14,23 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from data_builders.card import write_card
-from data_builders.export import SPLITS, PromptOptions, jsonl_row, write_hf, write_jsonl, write_llamafactory, write_swift
-from data_builders.instruct import SampleOptions, samples_for_clip
-from data_builders.perceive import perceive_all
-from data_builders.records import ClipFailure
-from data_builders.registry import load_dataset
-from data_builders.splits import make_splits
 from mellm import __version__
 from mellm.analyze import PerceptionSettings
+from mellm.data_builders.card import write_card
+from mellm.data_builders.export import (
+    SPLITS,
+    PromptOptions,
+    jsonl_row,
+    write_hf,
+    write_jsonl,
+    write_llamafactory,
+    write_swift,
+)
+from mellm.data_builders.instruct import SampleOptions, samples_for_clip
+from mellm.data_builders.perceive import perceive_all
+from mellm.data_builders.records import ClipFailure
+from mellm.data_builders.registry import load_dataset
+from mellm.data_builders.splits import make_splits
 from mellm.errors import MellmError
 
 

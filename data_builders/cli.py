@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
+from typing import Optional
 
 import typer
 
 
 def build_data(
-    dataset: List[str] = typer.Option(..., help="Dataset name: casme2, samm, smic, casme3, dfme, 4dme, megc or synth. "
+    dataset: list[str] = typer.Option(..., help="Dataset name: casme2, samm, smic, casme3, dfme, 4dme, megc or synth. "
                                                 "Repeat with --root for a composite (e.g. casme2 + samm + smic)."),
-    root: List[Path] = typer.Option(..., help="The dataset's folder (annotation file and frames); one per --dataset."),
+    root: list[Path] = typer.Option(..., help="The dataset's folder (annotation file and frames); one per --dataset."),
     out: Path = typer.Option(..., help="Output folder for the MEU-Instruct dataset."),
     workers: int = typer.Option(1, help="Perception processes (one clip each)."),
     flow: str = typer.Option("tvl1", help="Optical flow: tvl1, dis or farneback."),
@@ -29,12 +29,11 @@ def build_data(
 
     Perception runs once per clip and is cached by clip content and settings: a rerun, or an interrupted run started again, only computes what is missing. Clips that fail are listed in OUT/failures.jsonl with their reason; the build goes on without them.
     """
-    from data_builders.build import BuildConfig, build
-    from data_builders.export import PromptOptions
-    from data_builders.instruct import SampleOptions
     from mellm.analyze import PerceptionSettings
+    from mellm.data_builders.build import BuildConfig, build
+    from mellm.data_builders.export import PromptOptions
+    from mellm.data_builders.instruct import SampleOptions
     from mellm.errors import MellmError
-
     from mellm.prompts import IMAGE_ROLE_TEXT
 
     if len(dataset) != len(root):

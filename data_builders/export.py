@@ -9,7 +9,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from data_builders.instruct import Sample
+from mellm.data_builders.instruct import Sample
 from mellm.prompts import IMAGE_ROLES, SYSTEM_PROMPT, build_messages, user_text
 
 SPLITS = ("train", "val", "test")

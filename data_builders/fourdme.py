@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from data_builders.annotated import Columns, find_clip, load_rows
-from data_builders.records import Loaded
-from data_builders.sheets import find_file, read_rows
+from mellm.data_builders.annotated import Columns, find_clip, load_rows
+from mellm.data_builders.records import Loaded
+from mellm.data_builders.sheets import find_file, read_rows
 
 NAME = "4dme"
 FPS = 60.0

@@ -13,7 +13,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from data_builders.perceive import Perceived
+from mellm.data_builders.perceive import Perceived
 from mellm.describe import motion_phrases
 from mellm.evidence import Evidence
 from mellm.labels import AU_NAMES, AULabel, format_au_list

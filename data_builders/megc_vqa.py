@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
-from data_builders.records import ClipFailure, ClipRecord, Loaded
-from data_builders.sheets import AnnotationFileError
 from mellm.answers import parse_answer
+from mellm.data_builders.records import ClipFailure, ClipRecord, Loaded
+from mellm.data_builders.sheets import AnnotationFileError
 from mellm.errors import ClipNotFoundError
 from mellm.labels import COARSE_OF_FINE, AULabel
 from mellm.media import MediaIndex

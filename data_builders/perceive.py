@@ -19,9 +19,10 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
-from data_builders.records import ClipFailure, ClipRecord
 from mellm.analyze import PerceptionSettings
+from mellm.data_builders.records import ClipFailure, ClipRecord
 from mellm.evidence import Evidence
+
 
 @dataclass
 class Perceived:
@@ -82,7 +83,7 @@ def perceive_one(record: ClipRecord, settings: PerceptionSettings, cache_dir: Pa
         return {"ok": True}
     except ClipError as e:
         return {"ok": False, "reason": e.reason, "message": str(e)}
-    except Exception as e:  # noqa: BLE001 - one broken clip must not stop the build; it is recorded
+    except Exception as e:
         return {"ok": False, "reason": "error", "message": f"{record.source}: {type(e).__name__}: {e}"}
 
 

@@ -44,7 +44,7 @@ class ClipRecord:
         }
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ClipRecord":
+    def from_dict(cls, d: dict) -> ClipRecord:
         return cls(**{**d, "aus": [AULabel.from_dict(a) for a in d["aus"]], "qa": [tuple(p) for p in d.get("qa", [])]})
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from data_builders import casme2, casme3, dfme, fourdme, megc_vqa, samm, smic, synthetic
-from data_builders.records import Loaded
+from mellm.data_builders import casme2, casme3, dfme, fourdme, megc_vqa, samm, smic, synthetic
+from mellm.data_builders.records import Loaded
 from mellm.errors import MellmError
 
 ADAPTERS = {

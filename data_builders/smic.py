@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from data_builders.records import ClipFailure, ClipRecord, Loaded
+from mellm.data_builders.records import ClipFailure, ClipRecord, Loaded
 from mellm.labels import COARSE_SYNONYMS
 
 NAME = "smic"

@@ -13,7 +13,7 @@ from __future__ import annotations
 import random
 from dataclasses import asdict, dataclass
 
-from data_builders.records import ClipRecord
+from mellm.data_builders.records import ClipRecord
 
 COMPOSITE_DROPPED_CASME2 = {"fear", "sadness", "others"}
 

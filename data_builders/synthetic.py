@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from data_builders.records import ClipRecord, Loaded
-from data_builders.sheets import AnnotationFileError
+from mellm.data_builders.records import ClipRecord, Loaded
+from mellm.data_builders.sheets import AnnotationFileError
 from mellm.labels import AULabel
 from mellm.synth import load_labels
 

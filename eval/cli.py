@@ -19,7 +19,7 @@ app = typer.Typer(
 
 
 def _print_summary(report) -> None:
-    from eval.report import markdown
+    from mellm.eval.report import markdown
 
     # The headline tables only: the full Markdown (with every problem listed) is in report.md.
     text = markdown(report)
@@ -50,8 +50,8 @@ def score(
     An answer stating no recognisable label is scored as wrong and listed
     as unparsed; malformed lines are listed as file:line.
     """
-    from eval.report import write_report
-    from eval.score import score_files
+    from mellm.eval.report import write_report
+    from mellm.eval.score import score_files
 
     report = score_files(questions, predictions, skip_missing=skip_missing)
     paths = write_report(report, out)
@@ -103,7 +103,7 @@ def run(
     (OUT/report.json, OUT/report.md). With --gateway, the ME gateway builds
     the inputs instead (one request per clip).
     """
-    from eval.run import RunConfig, run_eval
+    from mellm.eval.run import RunConfig, run_eval
 
     cfg = RunConfig(
         questions=questions, media_root=media_root, endpoint=endpoint, model=model, out=out, api_key=api_key,

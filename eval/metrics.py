@@ -11,10 +11,10 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
-from itertools import chain
+from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Hashable, Iterable, Sequence
+from itertools import chain
 
 UNPARSED = "(unparsed)"
 
@@ -38,7 +38,7 @@ class ClassMetrics:
     n: int
     classes: list[str]
     per_class: dict[str, ClassScore]
-    confusion: "Confusion"
+    confusion: Confusion
 
 
 @dataclass

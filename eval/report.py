@@ -7,8 +7,8 @@ import dataclasses
 import json
 from pathlib import Path
 
-from eval.metrics import ClassMetrics, Confusion
-from eval.score import LabelTask, Report, SentenceMetrics
+from mellm.eval.metrics import ClassMetrics, Confusion
+from mellm.eval.score import LabelTask, Report, SentenceMetrics
 
 LISTED = 20  # problems listed by id in the Markdown; report.json lists them all
 

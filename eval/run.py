@@ -31,11 +31,11 @@ from pathlib import Path
 
 import httpx
 
+from mellm.errors import ClipError, MellmError
+from mellm.eval.records import load_predictions
 from mellm.jsonl import ends_with_newline
 from mellm.media import ClipWindow, MediaIndex, clip_window, median_spans
-from eval.records import load_predictions
 from mellm.megc import QARow, load_questions
-from mellm.errors import ClipError, MellmError
 from mellm.prompts import IMAGE_ROLES, build_messages, to_openai_messages
 
 
@@ -257,27 +257,28 @@ async def _run_questions(cfg: RunConfig, rows: list[QARow], paths: dict[tuple, P
 
 
 def _gateway_request(cfg: RunConfig, rows: list[QARow], path: Path, spans: dict[str, int]) -> dict:
-    """The /v1/me/analyze form (and file) for one clip and all its questions."""
+    """The /v1/me/analyze request for one clip and all its questions (built by the gateway's client)."""
+    from mellm.serve.client import analyze_request
+    from mellm.serve.contract import AnalyzeOptions
     from mellm.video import open_clip
 
     window = clip_window(rows[0], open_clip(path), spans)
-    form = {"question": [r.question for r in rows], "model": cfg.model, "max_tokens": str(cfg.max_tokens),
-            "onset": str(window.onset), "offset": str(window.offset)}
-    if rows[0].apex is not None:  # otherwise the gateway spots it, as perception does for training data
-        form["apex"] = str(window.apex)
+    options = AnalyzeOptions(questions=[r.question for r in rows], model=cfg.model, max_tokens=cfg.max_tokens,
+                             onset=window.onset, offset=window.offset,
+                             # without one, the gateway spots the apex, as perception does for training data
+                             apex=window.apex if rows[0].apex is not None else None)
     if cfg.gateway == "path":
-        form["path"] = str(Path(path).resolve().relative_to(Path(cfg.media_root).resolve()))
-        return {"data": form}
-    from serve.client import zip_frames
-
-    if path.is_dir():
-        return {"data": form, "files": {"file": (f"{path.name}.zip", zip_frames(path), "application/zip")}}
-    return {"data": form, "files": {"file": (path.name, path.read_bytes(), "application/octet-stream")}}
+        return analyze_request(Path(path).resolve().relative_to(Path(cfg.media_root).resolve()), options, remote=True)
+    return analyze_request(path, options)
 
 
 async def _run_via_gateway(cfg: RunConfig, rows: list[QARow], paths: dict[tuple, Path], spans: dict[str, int],
                            out: _Appender, failures: list[dict], counts: Counter) -> None:
+    """One request per clip. A reply that breaks the contract fails the clip's questions; a question the
+    reply leaves unanswered fails alone. Failures are recorded (a rerun asks them again), never dropped."""
     from tqdm import tqdm
+
+    from mellm.serve.contract import ReplyError, answers_by_question, read_reply
 
     url = cfg.endpoint.rstrip("/") + "/v1/me/analyze"
     headers = {"Authorization": f"Bearer {cfg.api_key}"} if cfg.api_key else {}
@@ -289,14 +290,24 @@ async def _run_via_gateway(cfg: RunConfig, rows: list[QARow], paths: dict[tuple,
     async def worker(client: httpx.AsyncClient, bar) -> None:
         while queue:
             key, clip_rows = queue.pop()
+            clip = str(paths[key])
             try:
                 request = await asyncio.to_thread(_gateway_request, cfg, clip_rows, paths[key], spans)
-                answers = (await _post(client, cfg, url, **request)).json()["answers"]
-                for row, answer in zip(clip_rows, answers):
-                    out.write(row.id, answer["answer"].strip())
-                    counts["answered"] += 1
+                resp = await _post(client, cfg, url, **request)
+                try:
+                    reply = read_reply(resp.json())
+                except ValueError as e:  # not JSON at all, or a ReplyError
+                    raise _RequestFailed(str(e) if isinstance(e, ReplyError) else
+                                         f"the gateway's reply is not JSON: {resp.text[:200]}") from None
+                answers, missing = answers_by_question(reply, [r.question for r in clip_rows])
+                for i, row in enumerate(clip_rows):
+                    if i in answers:
+                        out.write(row.id, answers[i])
+                        counts["answered"] += 1
+                    else:
+                        failures.append({"id": row.id, "clip": clip, "error": missing[i]})
             except (ClipError, _RequestFailed) as e:
-                failures.extend({"id": r.id, "clip": str(paths[key]), "error": str(e)} for r in clip_rows)
+                failures.extend({"id": r.id, "clip": clip, "error": str(e)} for r in clip_rows)
             finally:
                 bar.update(len(clip_rows))
 
@@ -356,8 +367,8 @@ def run_eval(cfg: RunConfig) -> RunSummary:
     summary = RunSummary(predictions=pred_path, n_questions=len(qfile.rows), already_answered=len(done),
                          asked=len(pending), answered=counts["answered"], failures=failures)
     if qfile.has_references:
-        from eval.report import write_report
-        from eval.score import score
+        from mellm.eval.report import write_report
+        from mellm.eval.score import score
 
         summary.report = score(qfile, load_predictions(pred_path), questions_name=str(cfg.questions),
                                predictions_name=str(pred_path))

@@ -19,14 +19,23 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from eval.metrics import (
-    Accuracy, ClassMetrics, MultiLabelMetrics, TextMetrics, accuracy, class_metrics,
-    mean_absolute_error, merge_totals, multilabel_f1, set_f1, text_totals,
-)
-from eval.records import PredictionFile, load_predictions
-from mellm.megc import QuestionFile, load_questions
-from mellm.jsonl import InputFileError
 from mellm.answers import ParsedAnswer, parse_answer
+from mellm.eval.metrics import (
+    Accuracy,
+    ClassMetrics,
+    MultiLabelMetrics,
+    TextMetrics,
+    accuracy,
+    class_metrics,
+    mean_absolute_error,
+    merge_totals,
+    multilabel_f1,
+    set_f1,
+    text_totals,
+)
+from mellm.eval.records import PredictionFile, load_predictions
+from mellm.jsonl import InputFileError
+from mellm.megc import QuestionFile, load_questions
 from mellm.vqa import QType, Question, classify_question
 
 

@@ -1,7 +1,7 @@
 """Action Unit evidence from region motion.
 
 Each AU has a FACS motion signature: how much, and in which direction, it moves each region
-(DESIGN.md: AU1 inner brow up, AU4 brows down and together, AU12 lip corners up and out, ...).
+(FACS: AU1 inner brow up, AU4 brows down and together, AU12 lip corners up and out, ...).
 Region mean-flow vectors are explained as a non-negative combination of all signatures at once
 (non-negative least squares with a small L1 penalty). Solving jointly lets AUs that share a region be told apart: an inner
 brow moving up-and-inward is AU1 + AU4, a lower lid rising with the cheek is AU6, without it AU7.
@@ -98,7 +98,7 @@ class AUEvidence:
                 "amplitude_px": round(self.amplitude_px, 3)}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "AUEvidence":
+    def from_dict(cls, d: dict) -> AUEvidence:
         return cls(int(d["au"]), d["side"], float(d["score"]), float(d["amplitude_px"]))
 
 

@@ -18,6 +18,21 @@ app = typer.Typer(
 )
 
 
+@app.callback()
+def main_options(
+    log_level: str = typer.Option("warning", "--log-level", envvar="MELLM_LOG_LEVEL",
+                                  help="debug, info, warning or error. At info the gateway logs one line per request."),
+):
+    """MELLM: micro-expression understanding with multimodal LLMs."""
+    import logging
+
+    level = logging.getLevelName(log_level.upper())
+    if not isinstance(level, int):
+        typer.secho(f"error: --log-level {log_level!r}: use debug, info, warning or error", fg="red", err=True)
+        raise typer.Exit(2)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
 @app.command()
 @user_errors
 def synth(
@@ -60,10 +75,10 @@ def analyze(
 
 
 # The stages' commands, in pipeline order. Their modules import only typer at the top.
-from data_builders.cli import build_data  # noqa: E402
-from eval.cli import app as eval_app  # noqa: E402
-from serve.cli import ask, gateway, serve  # noqa: E402
-from train.cli import export, merge, tiny_model, train  # noqa: E402
+from mellm.data_builders.cli import build_data  # noqa: E402
+from mellm.eval.cli import app as eval_app  # noqa: E402
+from mellm.serve.cli import ask, gateway, serve  # noqa: E402
+from mellm.train.cli import export, merge, tiny_model, train  # noqa: E402
 
 app.command("build-data")(user_errors(build_data))
 app.command("tiny-model")(user_errors(tiny_model))
@@ -74,6 +89,29 @@ app.command()(user_errors(serve))
 app.command()(user_errors(gateway))
 app.command()(user_errors(ask))
 app.add_typer(eval_app, name="eval")
+
+
+@app.command()
+@user_errors
+def configs(
+    out: Optional[Path] = typer.Option(None, help="Copy every packaged config into this folder (to edit them)."),
+):
+    """List the packaged training and accelerate configs (or copy them out with --out).
+
+    `mellm train --config NAME` takes a packaged training config by name; accelerate's --config_file needs a file, which --out provides.
+    """
+    import shutil
+
+    from mellm.resources import config_file, packaged_configs
+
+    for name in packaged_configs():
+        source = config_file(name)
+        if out is not None:
+            target = out / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, target)
+            source = target
+        typer.echo(f"{name:40s} {source}")
 
 
 @app.command()

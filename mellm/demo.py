@@ -15,8 +15,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-REPO = Path(__file__).resolve().parents[1]
-TINY_CONFIG = REPO / "configs" / "train" / "tiny_cpu.yaml"
+TINY_CONFIG = "train/tiny_cpu.yaml"  # packaged (mellm.resources)
 # Short-answer questions: what a 650k-parameter model can learn in a few CPU minutes. The data
 # holds every type; training and evaluation keep these.
 DEMO_QTYPES = ("coarse", "fine", "au_list")
@@ -42,7 +41,7 @@ def _done(console: Console, t: float, *paths: Path) -> None:
     console.print(f"[green]done in {time.perf_counter() - t:.0f} s[/green]: " + ", ".join(str(p) for p in paths))
 
 
-def test_questions(meu: Path, synth_root: Path, out: Path) -> Path:
+def heldout_questions(meu: Path, synth_root: Path, out: Path) -> Path:
     """The held-out subjects' samples as an MEGC question file (references included), naming each
     clip's frame folder and its labelled onset / apex / offset frames."""
     from mellm.synth import load_labels
@@ -64,15 +63,16 @@ def test_questions(meu: Path, synth_root: Path, out: Path) -> Path:
 
 
 def run_demo(cfg: DemoConfig, console: Console | None = None) -> dict:
-    from data_builders.build import BuildConfig, build
-    from eval.run import RunConfig, run_eval
+    from mellm.data_builders.build import BuildConfig, build
+    from mellm.eval.run import RunConfig, run_eval
+    from mellm.resources import config_file
+    from mellm.serve.background import free_port, serve_in_thread
+    from mellm.serve.gateway import GatewayConfig, as_trained, create_app
+    from mellm.serve.vllm_server import ServerConfig, VLLMServer
     from mellm.synth import SynthConfig, generate_corpus
-    from serve.gateway import GatewayConfig, as_trained, create_app
-    from serve.background import free_port, serve_in_thread
-    from serve.vllm_server import ServerConfig, VLLMServer
-    from train.config import load_config
-    from train.recipe import train
-    from train.tiny_models import build_tiny_model
+    from mellm.train.config import load_config
+    from mellm.train.recipe import train
+    from mellm.train.tiny_models import build_tiny_model
 
     console = console or Console()
     out = cfg.out.resolve()
@@ -97,7 +97,7 @@ def run_demo(cfg: DemoConfig, console: Console | None = None) -> dict:
     if not (model_dir / "config.json").is_file():
         build_tiny_model(model_dir, seed=cfg.seed)
     run = out / "run"
-    tcfg = load_config(TINY_CONFIG, [f"output_dir={run}", f"model.name_or_path={model_dir}", f"data.dir={meu}",
+    tcfg = load_config(config_file(TINY_CONFIG), [f"output_dir={run}", f"model.name_or_path={model_dir}", f"data.dir={meu}",
                                      f"train.max_steps={cfg.steps}", "train.batch_size=8", "lora.r=16",
                                      "train.save_steps=100", "data.eval_split=null", f"seed={cfg.seed}",
                                      f"data.qtypes=[{','.join(DEMO_QTYPES)}]"])
@@ -108,7 +108,7 @@ def run_demo(cfg: DemoConfig, console: Console | None = None) -> dict:
     t = _stage(console, 4, "serving: vLLM with the adapter, the ME gateway in front")
     server_cfg = ServerConfig(model=str(model_dir), adapters={"mellm": result.adapter_dir}, name="tiny",
                               port=free_port(), max_model_len=2048)
-    questions = test_questions(meu, synth, out / "test_questions.jsonl")
+    questions = heldout_questions(meu, synth, out / "test_questions.jsonl")
     with VLLMServer(server_cfg, log=out / "vllm.log") as server:
         gw = GatewayConfig(upstream=server.cfg.url, model="mellm", media_root=synth, max_tokens=160,
                            max_concurrency=2, max_queue=64, **as_trained(result.adapter_dir, None, None))
@@ -135,8 +135,8 @@ def _coarse_accuracy(questions: Path, predictions: Path) -> dict:
     """Accuracy on the coarse-class questions, read as `mellm eval` reads answers."""
     from collections import Counter
 
-    from eval.records import load_predictions
     from mellm.answers import parse_answer
+    from mellm.eval.records import load_predictions
     from mellm.megc import load_questions
     from mellm.vqa import QType, classify_question
 

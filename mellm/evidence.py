@@ -47,7 +47,7 @@ class Evidence:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Evidence":
+    def from_dict(cls, d: dict) -> Evidence:
         if d.get("schema_version") != SCHEMA_VERSION:
             raise MellmError(f"evidence schema version {d.get('schema_version')} (this MELLM reads "
                              f"{SCHEMA_VERSION}); run perception again to refresh it")
@@ -61,7 +61,7 @@ class Evidence:
         Path(path).write_text(json.dumps(self.to_dict(), indent=1))
 
     @classmethod
-    def load(cls, path: str | Path) -> "Evidence":
+    def load(cls, path: str | Path) -> Evidence:
         try:
             return cls.from_dict(json.loads(Path(path).read_text()))
         except MellmError as e:

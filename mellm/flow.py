@@ -7,8 +7,9 @@ Farneback are fast. A learned model joins by `register_flow_backend("name", fact
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Protocol
 
 import cv2
 import numpy as np

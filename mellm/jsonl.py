@@ -4,9 +4,9 @@ crash and never a silently dropped record."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from mellm.errors import MellmError
 

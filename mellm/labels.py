@@ -227,7 +227,7 @@ class AULabel:
         return {"au": self.au, "side": self.side, "static": self.static}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "AULabel":
+    def from_dict(cls, d: dict) -> AULabel:
         return cls(int(d["au"]), d.get("side", "both"), bool(d.get("static", False)))
 
 

@@ -33,8 +33,8 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from mellm.megc import QARow, canonical_dataset
 from mellm.errors import ClipNotFoundError, FrameRangeError, MellmError
+from mellm.megc import QARow, canonical_dataset
 from mellm.video import VIDEO_SUFFIXES, Clip
 
 _DATASET_DIRS = {

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import base64
 import io
-from typing import Sequence
+from collections.abc import Sequence
 
 SYSTEM_PROMPT = (
     "You are an expert in facial micro-expressions and the Facial Action Coding System (FACS). "

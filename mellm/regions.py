@@ -14,8 +14,8 @@ midline regions.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Callable
 
 import cv2
 import numpy as np
@@ -112,7 +112,7 @@ class RegionStat:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "RegionStat":
+    def from_dict(cls, d: dict) -> RegionStat:
         return cls(**{**d, "vector": tuple(d["vector"])})
 
 

@@ -9,7 +9,7 @@ amplitudes, onset/apex/offset, fine and coarse emotion, and the displacement bum
 the exact flow field can be recomputed (`exact_flow`).
 
 The displacement fields here are written independently of the AU detector's signatures
-(mellm/aus.py); both follow the FACS descriptions in DESIGN.md.
+(mellm/aus.py); both follow FACS's descriptions of how each AU moves the face.
 """
 
 from __future__ import annotations
@@ -112,7 +112,7 @@ class SynthClip:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "SynthClip":
+    def from_dict(cls, d: dict) -> SynthClip:
         return cls(**{**d, "bumps": [Bump(tuple(b["centre"]), tuple(b["vector"]), b["sigma"]) for b in d["bumps"]]})
 
 

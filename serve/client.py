@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 
 from mellm.errors import ClipNotFoundError, MellmError
+from mellm.serve.contract import AnalyzeOptions, AnalyzeReply, ReplyError, error_message, read_reply
 from mellm.video import list_frame_files
 
 
@@ -24,57 +25,64 @@ def zip_frames(folder: Path) -> bytes:
     return buf.getvalue()
 
 
-def ask(clip: str, questions: list[str], endpoint: str, api_key: str | None = None, onset: int | None = None,
-        apex: int | None = None, offset: int | None = None, model: str | None = None, remote: bool = False,
-        timeout_s: float = 300.0) -> dict:
-    """POST the clip to `endpoint`/v1/me/analyze. remote: `clip` is a path under the gateway's
-    media root, not a local file to upload."""
-    form: dict[str, str | list[str]] = {"question": list(questions)}
-    for key, value in (("onset", onset), ("apex", apex), ("offset", offset), ("model", model)):
-        if value is not None:
-            form[key] = str(value)
-    files = None
+def analyze_request(clip: str | Path, options: AnalyzeOptions, remote: bool = False) -> dict:
+    """The one place a `/v1/me/analyze` request is built: keyword arguments for httpx's post
+    (`data`, and `files` for an upload). remote: `clip` is a path under the gateway's media root;
+    otherwise a local video is sent as it is and a frame folder as a zip of its frames."""
+    form = options.form()
     if remote:
-        form["path"] = clip
-    else:
-        path = Path(clip)
-        if not path.exists():
-            raise ClipNotFoundError(f"clip not found: {path} (use --remote for a path on the server)")
-        files = {"file": (f"{path.name}.zip", zip_frames(path), "application/zip")} if path.is_dir() \
-            else {"file": (path.name, path.read_bytes(), "application/octet-stream")}
+        return {"data": {**form, "path": str(clip)}}
+    path = Path(clip)
+    if not path.exists():
+        raise ClipNotFoundError(f"clip not found: {path} (use --remote for a path on the server)")
+    if path.is_dir():
+        return {"data": form, "files": {"file": (f"{path.name}.zip", zip_frames(path), "application/zip")}}
+    return {"data": form, "files": {"file": (path.name, path.read_bytes(), "application/octet-stream")}}
+
+
+def ask(clip: str, options: AnalyzeOptions, endpoint: str, api_key: str | None = None, remote: bool = False,
+        timeout_s: float = 300.0) -> AnalyzeReply:
+    """POST the clip to `endpoint`/v1/me/analyze and return the validated reply."""
+    request = analyze_request(clip, options, remote)
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     url = endpoint.rstrip("/") + "/v1/me/analyze"
     try:
-        r = httpx.post(url, data=form, files=files, headers=headers, timeout=timeout_s)
+        r = httpx.post(url, headers=headers, timeout=timeout_s, **request)
     except httpx.HTTPError as e:
         raise MellmError(f"cannot reach the gateway at {endpoint}: {type(e).__name__}: {e}") from None
+    try:
+        body = r.json()
+    except ValueError:
+        body = None
     if r.status_code != 200:
-        try:
-            detail = r.json().get("detail", r.text)
-        except ValueError:
-            detail = r.text
-        raise MellmError(f"the gateway answered HTTP {r.status_code}: {detail}")
-    return r.json()
+        raise MellmError(f"the gateway answered HTTP {r.status_code}: {error_message(body, r.text[:300])}")
+    try:
+        return read_reply(body)
+    except ReplyError as e:
+        raise MellmError(f"{url}: {e}") from None
 
 
-def format_reply(reply: dict) -> str:
-    ev = reply["evidence"]
-    aus = ", ".join(f"AU{a['au']} {a['name']} ({a['side']}, {a['score']:.2f})" for a in ev["aus"]) or "none"
+def format_reply(reply: AnalyzeReply) -> str:
+    ev = reply.evidence
+    aus = ", ".join(f"AU{a['au']} {a['name']} ({a['side']}, {a['score']:.2f})" for a in ev.aus) or "none"
     lines = []
-    for a in reply["answers"]:
-        lines += [f"Q: {a['question']}", f"A: {a['answer']}"]
-        p = a["parsed"]
-        labels = {k: p[k] for k in ("coarse", "fine", "yes_no", "side") if p.get(k) is not None}
-        if p.get("aus"):
-            labels["aus"] = p["aus"]
+    for a in reply.answers:
+        lines += [f"Q: {a.question}", f"A: {a.answer}"]
+        p = a.parsed
+        labels = {k: getattr(p, k) for k in ("coarse", "fine", "yes_no", "side", "count", "event_type")
+                  if getattr(p, k) is not None}
+        if p.aus:
+            labels["aus"] = p.aus
         if labels:
             lines.append("   parsed: " + ", ".join(f"{k}={v}" for k, v in labels.items()))
         lines.append("")
+    for e in reply.errors:
+        lines += [f"Q: {e.question}", f"   not answered (HTTP {e.status}): {e.message}", ""]
     lines += [
-        f"Evidence ({reply['clip']}): onset frame {ev['onset_frame']}, apex frame {ev['apex_frame']} ({ev['apex_source']}), "
-        f"flow {ev['flow_method']}",
+        f"Evidence ({reply.clip}): onset frame {ev.onset_frame}, apex frame {ev.apex_frame} ({ev.apex_source}), "
+        f"flow {ev.flow_method}",
         f"  action units: {aus}",
-        f"  {ev['description']}",
-        "  timings (ms): " + ", ".join(f"{k} {v:.0f}" for k, v in reply["timings_ms"].items()),
+        f"  {ev.description}",
+        "  timings (ms): " + ", ".join(f"{k} {v:.0f}" for k, v in reply.timings_ms.items()),
     ]
     return "\n".join(lines)

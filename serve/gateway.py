@@ -8,12 +8,14 @@ GET  /health           the gateway and vLLM, separately
 
 Limits: upload size (413), per-request time (504), concurrency (requests beyond the running and
 queued ones get 429 at once), API key (401). A bad clip is a 4xx with the reason; vLLM down is a
-503. The gateway keeps serving through all of them.
+503. The gateway keeps serving through all of them. Requests and replies follow serve/contract.py;
+every error is OpenAI-style JSON. Each request is logged in one line (logger "mellm.gateway").
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import shutil
 import tempfile
 import time
@@ -24,13 +26,17 @@ from pathlib import Path
 
 import httpx
 from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from mellm.analyze import PerceptionSettings
 from mellm.errors import ClipError, ClipNotFoundError
 from mellm.prompts import IMAGE_ROLES
+from mellm.serve.clips import ClipRequestError, resolve_media_path, save_upload
+from mellm.serve.contract import AnalyzeReply, ErrorReply, QuestionError, error_reply
 from mellm.vqa import ANALYSIS_QUESTION
-from serve.clips import ClipRequestError, resolve_media_path, save_upload
+
+log = logging.getLogger("mellm.gateway")
 
 
 @dataclass
@@ -54,7 +60,7 @@ def as_trained(trained_dir: Path | None, images: str | None, evidence: bool | No
     """Gateway settings: explicit flags, else how the adapter's training data was prompted and
     perceived (its serving.json), else the build-data defaults. Asking the model in any other way
     than it was trained is train/serve skew."""
-    from serve.vllm_server import serving_notes
+    from mellm.serve.vllm_server import serving_notes
 
     notes = serving_notes(trained_dir) if trained_dir is not None else {}
     prompt = notes.get("prompt") or {}
@@ -110,8 +116,8 @@ class BodyLimit:
         limit_mib = self.max_bytes / (1 << 20)
         length = dict(scope["headers"]).get(b"content-length", b"")
         if length.isdigit() and int(length) > self.max_bytes:
-            return await JSONResponse({"detail": f"upload of {int(length) / (1 << 20):.0f} MiB exceeds the "
-                                                 f"{limit_mib:g} MiB limit"}, status_code=413)(scope, receive, send)
+            return await JSONResponse(error_reply(413, f"upload of {int(length) / (1 << 20):.0f} MiB exceeds the "
+                                                       f"{limit_mib:g} MiB limit"), status_code=413)(scope, receive, send)
         seen, over, answered = 0, False, False
 
         async def counted():
@@ -127,7 +133,8 @@ class BodyLimit:
         async def too_large():
             nonlocal answered
             answered = True
-            await JSONResponse({"detail": f"upload exceeds the {limit_mib:g} MiB limit"}, status_code=413)(scope, receive, send)
+            await JSONResponse(error_reply(413, f"upload exceeds the {limit_mib:g} MiB limit"),
+                               status_code=413)(scope, receive, send)
 
         async def replaced(message):
             nonlocal answered
@@ -154,7 +161,7 @@ def _check_key(cfg: GatewayConfig, request: Request) -> None:
         raise HTTPException(401, "missing or wrong API key (send Authorization: Bearer <key>)")
 
 
-def _perceive(source: Path, onset, apex, offset, cfg: "GatewayConfig"):
+def _perceive(source: Path, onset, apex, offset, cfg: GatewayConfig):
     """Perception and the model's images as PNG bytes (run in a worker thread)."""
     from mellm.analyze import analyze_clip
 
@@ -187,6 +194,26 @@ def create_app(cfg: GatewayConfig) -> FastAPI:
 
     app = FastAPI(title="MELLM ME gateway", lifespan=lifespan)
 
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException):
+        return JSONResponse(error_reply(exc.status_code, str(exc.detail)), status_code=exc.status_code,
+                            headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def form_error(request: Request, exc: RequestValidationError):
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        return JSONResponse(error_reply(422, f"bad request fields: {problems}"), status_code=422)
+
+    @app.middleware("http")
+    async def log_request(request: Request, call_next):
+        t = time.perf_counter()
+        response = await call_next(request)
+        timings = getattr(request.state, "timings", {})
+        log.info("%s %s %d clip=%s perception_ms=%.0f model_ms=%.0f total_ms=%.0f", request.method,
+                 request.url.path, response.status_code, getattr(request.state, "clip", "-"),
+                 timings.get("perception", 0.0), timings.get("llm", 0.0), 1000 * (time.perf_counter() - t))
+        return response
+
     app.add_middleware(BodyLimit, max_bytes=max_bytes, path="/v1/me/analyze")
 
     @app.get("/health")
@@ -199,7 +226,8 @@ def create_app(cfg: GatewayConfig) -> FastAPI:
         return {"gateway": "ok", "vllm": vllm, "model": cfg.model,
                 "load": {"running": limiter.running, "waiting": limiter.waiting}}
 
-    @app.post("/v1/me/analyze")
+    @app.post("/v1/me/analyze", response_model=AnalyzeReply,
+              responses={code: {"model": ErrorReply} for code in (400, 401, 403, 404, 413, 415, 422, 429, 502, 503, 504)})
     async def analyze(
         request: Request,
         file: UploadFile | None = File(None, description="A video file or a .zip of frames."),
@@ -213,12 +241,13 @@ def create_app(cfg: GatewayConfig) -> FastAPI:
         async with limiter.slot():
             try:
                 return await asyncio.wait_for(
-                    _analyze(file, path, onset, apex, offset, question or [ANALYSIS_QUESTION], model, max_tokens),
+                    _analyze(request, file, path, onset, apex, offset, question or [ANALYSIS_QUESTION], model,
+                             max_tokens),
                     timeout=cfg.request_timeout_s)
             except asyncio.TimeoutError:
                 raise HTTPException(504, f"the request took longer than {cfg.request_timeout_s:g} s") from None
 
-    async def _analyze(file, path, onset, apex, offset, questions, model, max_tokens) -> dict:
+    async def _analyze(request, file, path, onset, apex, offset, questions, model, max_tokens) -> AnalyzeReply:
         t0 = time.perf_counter()
         timings: dict[str, float] = {}
         workdir = Path(tempfile.mkdtemp(prefix="mellm-gw-"))
@@ -232,6 +261,8 @@ def create_app(cfg: GatewayConfig) -> FastAPI:
                     raise ClipRequestError(400, "no clip: upload `file` (video or zip of frames) or give `path`")
             except ClipRequestError as e:
                 raise HTTPException(e.status, str(e)) from None
+            request.state.clip = name
+            request.state.timings = timings
             timings["receive"] = 1000 * (time.perf_counter() - t0)
             t = time.perf_counter()
             try:
@@ -244,13 +275,16 @@ def create_app(cfg: GatewayConfig) -> FastAPI:
             timings["perception"] = 1000 * (time.perf_counter() - t)
             evidence = result.evidence.to_dict()
             evidence["clip"] = name
-            answers = await asyncio.gather(*[_ask(q, pngs, result.evidence.description, model, max_tokens) for q in questions])
-            llm_ms = max(a.pop("_llm_ms") for a in answers)
-            timings["llm"] = llm_ms
+            t = time.perf_counter()
+            asked = await asyncio.gather(*[_ask(q, pngs, result.evidence.description, model, max_tokens)
+                                           for q in questions])
+            timings["llm"] = 1000 * (time.perf_counter() - t)
             timings["total"] = 1000 * (time.perf_counter() - t0)
-            timings["overhead"] = timings["total"] - timings["perception"] - llm_ms
-            return {"clip": name, "model": model or cfg.model, "answers": answers, "evidence": evidence,
-                    "timings_ms": {k: round(v, 2) for k, v in timings.items()}}
+            timings["overhead"] = timings["total"] - timings["perception"] - timings["llm"]
+            return AnalyzeReply(clip=name, model=model or cfg.model, evidence=evidence,
+                                answers=[a for a in asked if not isinstance(a, QuestionError)],
+                                errors=[a for a in asked if isinstance(a, QuestionError)],
+                                timings_ms={k: round(v, 2) for k, v in timings.items()})
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
 
@@ -272,14 +306,16 @@ def create_app(cfg: GatewayConfig) -> FastAPI:
                 out.write(chunk)
         return save_upload(file.filename, target, workdir)
 
-    async def _ask(question: str, pngs: list[bytes], evidence_text: str, model: str | None, max_tokens: int | None) -> dict:
+    async def _ask(question: str, pngs: list[bytes], evidence_text: str, model: str | None,
+                   max_tokens: int | None) -> dict | QuestionError:
+        """One question's answer, or its QuestionError when the model server refuses just this one
+        (a prompt too long, say). A server that is down or failing fails the whole request."""
         from mellm.prompts import build_messages, to_openai_messages
         from mellm.vqa import classify_question
 
         messages = build_messages(question, cfg.image_roles, evidence_text if cfg.evidence_in_prompt else None)
         body = {"model": model or cfg.model, "messages": to_openai_messages(messages, pngs),
                 "max_tokens": max_tokens or cfg.max_tokens, "temperature": 0.0}
-        t = time.perf_counter()
         try:
             r = await state["client"].post("/v1/chat/completions", json=body)
         except (httpx.ConnectError, httpx.ConnectTimeout) as e:
@@ -289,10 +325,11 @@ def create_app(cfg: GatewayConfig) -> FastAPI:
         if r.status_code >= 500:
             raise HTTPException(502, f"the model server failed: HTTP {r.status_code}: {r.text[:300]}")
         if r.status_code >= 400:
-            raise HTTPException(r.status_code, f"the model server refused the request: {r.text[:300]}")
+            return QuestionError(question=question, status=r.status_code,
+                                 message=f"the model server refused the request: {r.text[:300]}")
         text = r.json()["choices"][0]["message"]["content"] or ""
         return {"question": question, "qtype": classify_question(question).type.value, "answer": text,
-                "parsed": _parsed(question, text), "_llm_ms": 1000 * (time.perf_counter() - t)}
+                "parsed": _parsed(question, text)}
 
     async def _forward(request: Request, path: str) -> Response:
         _check_key(cfg, request)

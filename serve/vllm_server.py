@@ -82,7 +82,7 @@ def lora_flags(adapters: dict[str, Path]) -> list[str]:
     return flags + (["--enable-tower-connector-lora"] if vision else [])
 
 
-def image_limits(cfg: "ServerConfig") -> dict | None:
+def image_limits(cfg: ServerConfig) -> dict | None:
     """The image-size limits training used (vLLM preprocesses with the base model's processor, so
     they must be passed). All adapters, and a merged model, must agree."""
     found = {}
@@ -135,7 +135,7 @@ class VLLMServer:
         self.log = log
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> "VLLMServer":
+    def start(self) -> VLLMServer:
         for name, path in self.cfg.adapters.items():
             if not Path(path).is_dir():
                 raise ConfigError(f"adapter {name}={path} is not a directory")
@@ -172,7 +172,7 @@ class VLLMServer:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
 
-    def __enter__(self) -> "VLLMServer":
+    def __enter__(self) -> VLLMServer:
         self.start()
         try:
             self.wait_healthy()

@@ -27,8 +27,8 @@ def synth_videos(tmp_path_factory):
 def meu_instruct(tmp_path_factory):
     """A small MEU-Instruct dataset made by the real builder (`mellm build-data` on 36 synthetic
     clips of 6 subjects): every question type, images, splits.json. Read-only for the tests."""
-    from data_builders.build import BuildConfig, build
     from mellm.analyze import PerceptionSettings
+    from mellm.data_builders.build import BuildConfig, build
 
     root = tmp_path_factory.mktemp("meu_source")
     generate_corpus(root, n=36, seed=11, config=SynthConfig(n_frames=14, width=320, height=240, face_iod=60,

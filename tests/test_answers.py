@@ -4,15 +4,15 @@ answer styles models produce."""
 import json
 import random
 import re
-from pathlib import Path
 
 import pytest
 
 from mellm.answers import parse_answer
 from mellm.labels import AU_BY_NAME, AU_NAMES, FINE_EMOTIONS, au_from_name, format_au_list
+from mellm.resources import megc_file
 from mellm.vqa import QType, Question, classify_question, combined_answer, question_text
 
-DATA = Path(__file__).resolve().parents[1] / "data" / "megc2025"
+DATA = megc_file("me_vqa_samm_casme2_smic.jsonl").parent  # packaged (mellm.resources)
 TRAIN = DATA / "me_vqa_samm_casme2_smic.jsonl"
 MEGC_FILES = [TRAIN, DATA / "me_vqa_samm_test_to_answer.jsonl", DATA / "me_vqa_casme3_test_to_answer.jsonl"]
 

@@ -10,12 +10,13 @@ import sys
 import time
 from pathlib import Path
 
+import fake_datasets
 import pytest
 
-import fake_datasets
-from data_builders.build import BuildConfig, build
-from data_builders.registry import load_dataset
 from mellm.analyze import PerceptionSettings
+from mellm.data_builders.build import BuildConfig, build
+from mellm.data_builders.registry import load_dataset
+from mellm.resources import megc_file
 from mellm.synth import SynthConfig, generate_corpus
 from mellm.vqa import QType
 
@@ -191,7 +192,7 @@ def test_megc_file_joined_to_clips(datasets_root, tmp_path):
     """The real MEGC training file: clips found under the media root get labels read back from
     their answers and keep the file's own questions; missing clips are listed, not dropped."""
     root, _, _ = datasets_root
-    train = Path(__file__).resolve().parents[1] / "data" / "megc2025" / "me_vqa_samm_casme2_smic.jsonl"
+    train = megc_file("me_vqa_samm_casme2_smic.jsonl")
     media = tmp_path / "media"
     src = next((root / "SAMM").glob("*/*"))  # any fake SAMM clip stands in for the real 006_1_2
     (media / "samm").mkdir(parents=True, exist_ok=True)

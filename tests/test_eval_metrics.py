@@ -8,9 +8,18 @@ import pytest
 from sklearn.metrics import f1_score, recall_score
 from sklearn.preprocessing import MultiLabelBinarizer
 
-from eval.metrics import (
-    UNPARSED, accuracy, bleu_stats, class_metrics, corpus_bleu, lcs_length, mean_absolute_error,
-    multilabel_f1, rouge_scores, set_f1, text_metrics,
+from mellm.eval.metrics import (
+    UNPARSED,
+    accuracy,
+    bleu_stats,
+    class_metrics,
+    corpus_bleu,
+    lcs_length,
+    mean_absolute_error,
+    multilabel_f1,
+    rouge_scores,
+    set_f1,
+    text_metrics,
 )
 
 
@@ -125,7 +134,7 @@ def _random_corpus(rng, n):
 def test_bleu_equals_sacrebleu(seed):
     import sacrebleu
 
-    from eval.metrics import bleu_tokens
+    from mellm.eval.metrics import bleu_tokens
 
     hyps, refs = _random_corpus(random.Random(seed), 40)
     ours = corpus_bleu(bleu_stats(h, r) for h, r in zip(hyps, refs))

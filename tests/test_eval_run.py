@@ -12,16 +12,17 @@ import cv2
 import numpy as np
 import pytest
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from PIL import Image
 from typer.testing import CliRunner
 
-from serve.background import free_port, serve_in_thread
-from eval.run import EndpointError, RunConfig, chat_url, run_eval
 from mellm.errors import MellmError
+from mellm.eval.run import EndpointError, RunConfig, chat_url, run_eval
 from mellm.prompts import SYSTEM_PROMPT, user_text
+from mellm.resources import megc_file
+from mellm.serve.background import free_port, serve_in_thread
 
-DATA = Path(__file__).resolve().parents[1] / "data" / "megc2025"
+DATA = megc_file("me_vqa_samm_casme2_smic.jsonl").parent  # packaged (mellm.resources)
 TRAIN = DATA / "me_vqa_samm_casme2_smic.jsonl"
 
 
@@ -276,3 +277,60 @@ def test_evidence_sends_crops_flow_map_and_the_motion_description(server, tmp_pa
         description = head.split("Measured facial motion (onset to apex): ", 1)[1]
         assert description.startswith(f"Facial motion from onset frame {label['onset_frame']} to apex frame")
         assert seen["text"] == user_text(question, ("onset", "apex", "flow"), description)
+
+
+def test_gateway_mode_records_bad_replies_as_failures_and_a_rerun_answers_them(study, tmp_path):
+    """Through `eval run --gateway path`: a reply that misses an answer, one that is not JSON and one that
+    breaks the contract (serve/contract.py) each become per-question failures; the run goes on, and the
+    same command again asks exactly those questions."""
+    from mellm.serve.contract import AnalyzeReply, Answer, EvidenceSummary, ParsedLabels
+
+    _, _, questions, media, chosen, _ = study
+    faults = ["missing", "not_json", "malformed"]  # for the first three clips, the first time each is asked
+    fault_of: dict[str, str] = {}
+    asked: list[tuple[str, list[str]]] = []
+    app = FastAPI()
+
+    @app.post("/v1/me/analyze")
+    async def analyze(request: Request):
+        form = await request.form()
+        path, qs = form["path"], form.getlist("question")
+        first = all(p != path for p, _ in asked)
+        asked.append((path, qs))
+        fault = (fault_of.setdefault(path, faults.pop(0)) if faults else None) if first else None
+        if fault == "not_json":
+            return PlainTextResponse("<html>proxy error</html>")
+        if fault == "malformed":
+            return {"clip": path, "answers": "none"}
+        answers = [Answer(question=q, qtype="coarse", answer=f"{path} | {q}", parsed=ParsedLabels()) for q in qs]
+        evidence = EvidenceSummary(clip=path, n_frames=10, onset_frame=1, apex_frame=4, apex_source="given",
+                                   flow_method="tvl1", aus=[], description="", schema_version=2)
+        reply = AnalyzeReply(clip=path, model="m", answers=answers[:-1] if fault == "missing" else answers,
+                             evidence=evidence, timings_ms={})
+        return reply.model_dump()
+
+    out = tmp_path / "out"
+    with serve_in_thread(app, lifespan="off") as url:
+        cfg = RunConfig(questions=questions, media_root=media, endpoint=url, model="m", out=out, gateway="path",
+                        concurrency=1, retries=0, progress=False)
+        first = run_eval(cfg)
+        by_id = {r["id"]: r for r in chosen}
+        errors = sorted(f["error"].split(":")[0] for f in first.failures)
+        n_of = {p: len(qs) for p, qs in asked}
+        missing, not_json, malformed = (next(p for p, f in fault_of.items() if f == k)
+                                        for k in ("missing", "not_json", "malformed"))
+        assert len(first.failures) == 1 + n_of[not_json] + n_of[malformed]
+        assert errors.count("the gateway's reply has no answer to this question") == 1
+        assert errors.count("the gateway's reply is not JSON") == n_of[not_json]
+        assert errors.count("malformed gateway reply") == n_of[malformed]
+        assert first.answered + len(first.failures) == len(chosen)
+        recorded = [json.loads(line) for line in (out / "failures.jsonl").read_text().splitlines()]
+        assert sorted(f["id"] for f in recorded) == sorted(f["id"] for f in first.failures)
+
+        asked.clear()
+        second = run_eval(cfg)
+        assert second.failures == [] and second.answered == len(first.failures)
+        assert sum(len(qs) for _, qs in asked) == len(first.failures)  # only what had failed is asked again
+        assert sorted(prediction_ids(out / "predictions.jsonl")) == sorted(by_id)
+        answers = {json.loads(line)["id"]: json.loads(line)["answer"] for line in (out / "predictions.jsonl").open()}
+        assert all(answers[i].endswith(" | " + by_id[i]["question"]) for i in by_id)

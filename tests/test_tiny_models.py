@@ -11,7 +11,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from mellm.prompts import build_messages  # noqa: E402
-from train.tiny_models import TINY_ARCHS, build_tiny_model  # noqa: E402
+from mellm.train.tiny_models import TINY_ARCHS, build_tiny_model  # noqa: E402
 
 VLM_ARCHS = [a for a in TINY_ARCHS if a != "qwen2"]
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("trl")
+pytestmark = pytest.mark.slow  # real subprocesses under accelerate launch: about 1 min on 2 cores
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "train" / "tiny_cpu.yaml"
 

@@ -10,7 +10,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("trl")
 
 from mellm.errors import ConfigError, MellmError  # noqa: E402
-from train.collate import IGNORE, VisionCollator, split_prompt_completion, tokenize_text_example  # noqa: E402
+from mellm.train.collate import IGNORE, VisionCollator, split_prompt_completion, tokenize_text_example  # noqa: E402
 
 ARCHS = ("qwen2_5_vl", "qwen2_vl", "qwen3_vl")
 
@@ -19,7 +19,7 @@ ARCHS = ("qwen2_5_vl", "qwen2_vl", "qwen3_vl")
 def assets(tmp_path_factory, meu_instruct):
     import datasets
 
-    from train.tiny_models import build_tiny_model
+    from mellm.train.tiny_models import build_tiny_model
 
     root = tmp_path_factory.mktemp("collate")
     data = meu_instruct
@@ -114,8 +114,8 @@ def _peft_model(path, vision=False):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForImageTextToText
 
-    from train.config import LM_MODULES
-    from train.lora import target_regex
+    from mellm.train.config import LM_MODULES
+    from mellm.train.lora import target_regex
 
     model = AutoModelForImageTextToText.from_pretrained(path)
     return get_peft_model(model, LoraConfig(r=4, target_modules=target_regex(LM_MODULES, vision=vision)))
@@ -123,7 +123,7 @@ def _peft_model(path, vision=False):
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_default_lora_is_on_language_model_modules_only(assets, arch):
-    from train.lora import check_lora_placement, lora_modules
+    from mellm.train.lora import check_lora_placement, lora_modules
 
     model = _peft_model(assets["models"][arch])
     names = lora_modules(model)
@@ -134,7 +134,7 @@ def test_default_lora_is_on_language_model_modules_only(assets, arch):
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_vision_lora_adds_tower_and_projector_but_not_patch_embedding(assets, arch):
-    from train.lora import check_lora_placement, lora_modules
+    from mellm.train.lora import check_lora_placement, lora_modules
 
     model = _peft_model(assets["models"][arch], vision=True)
     names = lora_modules(model)
@@ -149,7 +149,7 @@ def test_vision_lora_adds_tower_and_projector_but_not_patch_embedding(assets, ar
 def test_vision_without_grad_gives_identical_lora_gradients(assets):
     """speed.run_vision_without_grad: the same loss and bit-identical LoRA gradients, as trl runs the
     model (gradient checkpointing + input-embedding grad hooks)."""
-    from train.speed import run_vision_without_grad
+    from mellm.train.speed import run_vision_without_grad
 
     proc = _processor(assets["models"]["qwen2_5_vl"])
     batch = VisionCollator(proc)([dict(r) for r in assets["rows"][:4]])
@@ -177,7 +177,7 @@ def test_vision_without_grad_gives_identical_lora_gradients(assets):
 
 
 def test_vision_without_grad_refuses_a_trainable_tower(assets):
-    from train.speed import run_vision_without_grad
+    from mellm.train.speed import run_vision_without_grad
 
     with pytest.raises(RuntimeError, match="trainable parameters"):
         run_vision_without_grad(_peft_model(assets["models"]["qwen2_5_vl"], vision=True))

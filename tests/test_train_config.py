@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from mellm.errors import ConfigError
-from train.config import TrainConfig, load_config
+from mellm.train.config import TrainConfig, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 pytest.importorskip("transformers")
@@ -18,7 +18,7 @@ pytest.importorskip("transformers")
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory, meu_instruct):
-    from train.tiny_models import build_tiny_model
+    from mellm.train.tiny_models import build_tiny_model
 
     root = tmp_path_factory.mktemp("cfg")
     return {
@@ -37,7 +37,7 @@ def _cfg(assets, *overrides):
 
 
 def _preflight_error(cfg) -> str:
-    from train.preflight import preflight
+    from mellm.train.preflight import preflight
 
     with pytest.raises(ConfigError) as err:
         preflight(cfg)
@@ -173,7 +173,7 @@ def test_bad_config_fails_before_any_model_is_loaded(assets, monkeypatch, tmp_pa
     """The recipe itself must stop in preflight: spy on every way it could load weights."""
     import transformers
 
-    from train import recipe
+    from mellm.train import recipe
 
     loads = []
     for cls in (transformers.AutoModelForImageTextToText, transformers.AutoModelForCausalLM):
@@ -187,7 +187,7 @@ def test_bad_config_fails_before_any_model_is_loaded(assets, monkeypatch, tmp_pa
 
 
 def test_good_config_passes_preflight(assets):
-    from train.preflight import preflight
+    from mellm.train.preflight import preflight
 
     assert preflight(_cfg(assets)) == {"model_type": "qwen2_5_vl", "processor_class": "Qwen2_5_VLProcessor"}
     assert preflight(_cfg(assets, "data.fold=1"))["model_type"] == "qwen2_5_vl"

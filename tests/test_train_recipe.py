@@ -14,9 +14,9 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("trl")
 
-from train.config import load_config  # noqa: E402
-from train.recipe import train  # noqa: E402
-from train.rundir import read_metrics  # noqa: E402
+from mellm.train.config import load_config  # noqa: E402
+from mellm.train.recipe import train  # noqa: E402
+from mellm.train.rundir import read_metrics  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHORT = ("coarse", "fine", "au_list")  # one-line answers: a few steps visibly lower their loss
@@ -24,7 +24,7 @@ SHORT = ("coarse", "fine", "au_list")  # one-line answers: a few steps visibly l
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory, meu_instruct):
-    from train.tiny_models import build_tiny_model
+    from mellm.train.tiny_models import build_tiny_model
 
     root = tmp_path_factory.mktemp("recipe")
     return {
@@ -105,7 +105,7 @@ def test_adapter_reloads_and_merged_equals_unmerged(assets, trained, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from train.merge import merge_adapter
+    from mellm.train.merge import merge_adapter
 
     adapter = trained[1].adapter_dir
     processor = AutoProcessor.from_pretrained(adapter)  # the processor saved with the adapter
@@ -123,7 +123,7 @@ def test_adapter_reloads_and_merged_equals_unmerged(assets, trained, tmp_path):
 
 
 def test_export_writes_what_vllm_needs(assets, trained, tmp_path):
-    from train.merge import export_for_vllm
+    from mellm.train.merge import export_for_vllm
 
     out = export_for_vllm(trained[1].adapter_dir, tmp_path / "export")
     assert (out / "adapter_model.safetensors").is_file() and (out / "chat_template.jinja").is_file()

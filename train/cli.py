@@ -6,14 +6,14 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import List, Optional
+from typing import Optional
 
 import typer
 
 
 def train(
     config: Path = typer.Option(..., "--config", help="Training config YAML (configs/train/*.yaml)."),
-    overrides: Optional[List[str]] = typer.Argument(None, help="key=value overrides, e.g. train.lr=1e-4 "
+    overrides: Optional[list[str]] = typer.Argument(None, help="key=value overrides, e.g. train.lr=1e-4 "
                                                     "output_dir=runs/x data.dir=DIR"),
     fold: Optional[int] = typer.Option(None, help="LOSO fold K of DATA/splits.json: train without its "
                                        "subjects; the run directory gets a fold_K subfolder."),
@@ -21,7 +21,7 @@ def train(
     quiet: bool = typer.Option(False, help="No progress bars."),
 ):
     """LoRA / QLoRA fine-tuning on MEU-Instruct. Multi-GPU: accelerate launch -m mellm.cli train ..."""
-    from train.config import load_config
+    from mellm.train.config import load_config
 
     items = list(overrides or [])
     if fold is not None:
@@ -30,13 +30,13 @@ def train(
     if fold is not None:
         cfg.output_dir = cfg.output_dir / f"fold_{fold}"
     if dry_run:
-        from train.preflight import preflight
+        from mellm.train.preflight import preflight
 
         report = preflight(cfg)
         typer.echo(cfg.to_yaml())
         typer.echo(f"preflight ok: {json.dumps(report)}", err=True)
         return
-    from train.recipe import train as run
+    from mellm.train.recipe import train as run
 
     result = run(cfg, progress=not quiet)
     if os.environ.get("RANK", "0") != "0":  # under a distributed launcher only rank 0 reports
@@ -52,7 +52,7 @@ def merge(
     dtype: str = typer.Option("bfloat16", help="bfloat16, float16 or float32."),
 ):
     """Merge a LoRA adapter into its base model (a full model directory vLLM serves as is)."""
-    from train.merge import merge_adapter
+    from mellm.train.merge import merge_adapter
 
     typer.echo(f"merged model: {merge_adapter(adapter, out, base=base, dtype=dtype)}")
 
@@ -64,7 +64,7 @@ def export(
     dtype: str = typer.Option("bfloat16", help="dtype of a merged model."),
 ):
     """Write what vLLM needs to serve an adapter (or the merged model), with the command line."""
-    from train.merge import export_for_vllm
+    from mellm.train.merge import export_for_vllm
 
     path = export_for_vllm(adapter, out, merge=merge, base=base, dtype=dtype)
     notes = json.loads((path / "serving.json").read_text())
@@ -76,6 +76,6 @@ def tiny_model(
     seed: int = typer.Option(0, help="Seed of the random weights."),
 ):
     """Build a tiny random model (tokenizer, processor, chat template included) with no download."""
-    from train.tiny_models import build_tiny_model
+    from mellm.train.tiny_models import build_tiny_model
 
     typer.echo(str(build_tiny_model(out, arch=arch, seed=seed)))

@@ -5,6 +5,9 @@ the config says about the disk (dataset, model, processor) is checked by `train.
 Neither imports torch or transformers, so a bad config fails in well under a second.
 
     cfg = load_config("configs/train/tiny_cpu.yaml", ["train.lr=1e-3", "output_dir=runs/x"])
+
+A config is a YAML path, or the name of a packaged one ("qwen2_5_vl_7b_lora"), so the commands in
+the README work from any folder, with or without a checkout.
 """
 
 from __future__ import annotations
@@ -115,6 +118,13 @@ class TrainSection(_Section):
     # fresh (an output_dir holding checkpoints is then an error); or the path of a checkpoint.
     resume: str = "auto"
 
+    @field_validator("warmup_ratio")
+    @classmethod
+    def _ratio(cls, v: float) -> float:
+        if not 0 <= v < 1:
+            raise ValueError("must be in [0, 1): the share of the training steps spent warming up")
+        return v
+
     @field_validator("batch_size", "grad_accum", "logging_steps", "save_steps")
     @classmethod
     def _positive(cls, v: int) -> int:
@@ -133,7 +143,7 @@ class TrainConfig(_Section):
     train: TrainSection = TrainSection()
 
     @model_validator(mode="after")
-    def _consistent(self) -> "TrainConfig":
+    def _consistent(self) -> TrainConfig:
         if self.train.packing and not self.model.text_only:
             raise ValueError("train.packing needs model.text_only=true: trl cannot pack image-text samples")
         if self.train.padding_free and not self.model.text_only:
@@ -200,14 +210,27 @@ def _explain(err: ValidationError, source: str) -> ConfigError:
     return ConfigError(f"{source}: " + "; ".join(lines))
 
 
+def _config_path(path: Path) -> Path:
+    """`path` itself, else the packaged training config of that name (mellm.resources)."""
+    if path.is_file():
+        return path
+    from mellm.resources import packaged_configs
+
+    name = path.name if path.suffix in (".yaml", ".yml") else f"{path.name}.yaml"
+    if f"train/{name}" in packaged_configs():
+        from mellm.resources import config_file
+
+        return config_file(f"train/{name}")
+    known = ", ".join(p.removeprefix("train/").removesuffix(".yaml") for p in packaged_configs() if p.startswith("train/"))
+    raise ConfigError(f"config file {path} does not exist (nor is it a packaged config: {known})")
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
     """Read YAML `path` (None: defaults only), apply `key=value` overrides, validate."""
     tree: dict = {}
     source = "config"
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
+        path = _config_path(Path(path))
         try:
             tree = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as e:

@@ -19,7 +19,7 @@ import shutil
 from pathlib import Path
 
 from mellm.errors import ConfigError
-from train.lora import is_vision_module
+from mellm.train.lora import is_vision_module
 
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vLLM's allowed --max-lora-rank values
 _ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")

@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 
 from mellm.errors import ConfigError
-from train.data import read_fold, variant_dir
+from mellm.train.data import read_fold, variant_dir
 
 
 def _read_json(name_or_path: str, filename: str, revision: str | None) -> dict | None:
@@ -135,7 +135,7 @@ def check_template(cfg, renderer) -> None:
     """The chat template must render a row's prompt as a prefix of the whole row (collate.py)."""
     import datasets
 
-    from train.collate import split_prompt_completion
+    from mellm.train.collate import split_prompt_completion
 
     dd = datasets.load_from_disk(str(variant_dir(cfg)))
     split = next(iter(dd)) if cfg.data.fold is not None else cfg.data.train_split
@@ -145,7 +145,24 @@ def check_template(cfg, renderer) -> None:
     split_prompt_completion(renderer, messages)
 
 
+def check_trainer_names(cfg) -> None:
+    """train.scheduler and train.optim name what transformers' Trainer knows, checked here rather than
+    by TrainingArguments after the model has loaded."""
+    from transformers.trainer_utils import SchedulerType
+    from transformers.training_args import OptimizerNames
+
+    for key, value, known in (("scheduler", cfg.train.scheduler, [s.value for s in SchedulerType]),
+                              ("optim", cfg.train.optim, [o.value for o in OptimizerNames])):
+        if value not in known:
+            import difflib
+
+            hint = difflib.get_close_matches(value, known, n=1)
+            raise ConfigError(f"train.{key}={value!r} is not one transformers knows"
+                              + (f" (did you mean {hint[0]!r}?)" if hint else f"; known: {', '.join(known)}"))
+
+
 def check_runtime(cfg) -> None:
+    check_trainer_names(cfg)
     if cfg.quant.load_in_4bit and importlib.util.find_spec("bitsandbytes") is None:
         raise ConfigError("quant.load_in_4bit=true needs bitsandbytes (pip install bitsandbytes)")
     if cfg.model.attn_implementation.startswith("flash") and importlib.util.find_spec("flash_attn") is None:

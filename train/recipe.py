@@ -17,8 +17,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from train import rundir
-from train.config import TrainConfig
+from mellm.train import rundir
+from mellm.train.config import TrainConfig
 
 log = logging.getLogger("mellm.train")
 
@@ -97,6 +97,9 @@ def sft_args(cfg: TrainConfig, run_dir: Path, has_eval: bool, progress: bool):
         num_train_epochs=t.epochs, max_steps=t.max_steps,
         per_device_train_batch_size=t.batch_size, per_device_eval_batch_size=t.batch_size,
         gradient_accumulation_steps=t.grad_accum, learning_rate=t.lr, lr_scheduler_type=t.scheduler,
+        # transformers 5 folded warmup_ratio into warmup_steps: a value below 1 is read as that share of
+        # the total steps (TrainingArguments.get_warmup_steps), which is what our warmup_ratio means.
+        # The config keeps it in [0, 1) so it is never read as a step count.
         warmup_steps=t.warmup_ratio, weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm, optim=t.optim,
         bf16=t.mixed_precision == "bf16", fp16=t.mixed_precision == "fp16",
         gradient_checkpointing=t.gradient_checkpointing,
@@ -129,9 +132,9 @@ def build_trainer(cfg: TrainConfig, model, processor, train_ds, eval_ds, run_dir
     -> (trainer, {"lora": placement summary, "vision_without_grad": wrapped modules})."""
     from trl import SFTTrainer
 
-    from train.collate import VisionCollator, tokenize_text_example
-    from train.lora import check_lora_placement, peft_config
-    from train.speed import run_vision_without_grad
+    from mellm.train.collate import VisionCollator, tokenize_text_example
+    from mellm.train.lora import check_lora_placement, peft_config
+    from mellm.train.speed import run_vision_without_grad
 
     state = _state()
     if cfg.model.text_only:
@@ -163,8 +166,8 @@ def build_trainer(cfg: TrainConfig, model, processor, train_ds, eval_ds, run_dir
 
 def train(cfg: TrainConfig, callbacks: list | None = None, progress: bool = True) -> TrainResult:
     """Run the recipe end to end; -> where the adapter and metrics went."""
-    from train.data import load_train_eval
-    from train.preflight import preflight
+    from mellm.train.data import load_train_eval
+    from mellm.train.preflight import preflight
 
     report = preflight(cfg)  # every check that needs no model weights, before any are loaded
     state = _state()
@@ -191,7 +194,7 @@ def train(cfg: TrainConfig, callbacks: list | None = None, progress: bool = True
     adapter_dir = run_dir / "adapter"
     trainer.save_model(str(adapter_dir))  # adapter weights + config, processor, chat template
     if state.is_main_process:
-        from train.merge import write_serving_notes
+        from mellm.train.merge import write_serving_notes
 
         write_serving_notes(adapter_dir, cfg)
         rundir.write_json(run_dir / "metrics.json", metrics)

@@ -16,7 +16,7 @@
 
 from __future__ import annotations
 
-from train.lora import VISION_PARTS
+from mellm.train.lora import VISION_PARTS
 
 
 def vision_modules(model) -> list[tuple[str, object]]:

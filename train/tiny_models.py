@@ -10,8 +10,9 @@ vLLM's CPU server load like a hub checkpoint. Nothing is downloaded:
   it has Qwen's special tokens and Qwen's pre-tokenizer, and loads as `Qwen2Tokenizer`;
 - the chat template is Qwen2-VL's layout with `{% generation %}` markers around the assistant
   turn (trl's assistant-only loss reads them);
-- the sizes follow ../shared/ENVIRONMENT.md: text head_dim 32 (vLLM's CPU attention has no
-  kernel for 16), 2 layers, vocab 1024; a 2-block vision tower.
+- text head_dim 32 (vLLM's CPU attention has kernels for 32, 64, 80, ... only: a head_dim of 16
+  built fine in transformers but crashed vLLM at its first request), 2 layers, vocab 1024; a
+  2-block vision tower.
 
 `real_size_config(name)` gives the published Qwen2.5-VL-3B/7B architectures (random weights) for
 throughput benchmarks on a GPU.
@@ -87,7 +88,7 @@ and a macro-expression event in a long video.
 
 def domain_corpus(n_random: int = 400, seed: int = 0) -> list[str]:
     """Text to train the tiny tokenizer on: prompts and answers as MELLM writes them."""
-    from mellm.labels import AU_NAMES, COARSE_CLASSES, FINE_EMOTIONS, COARSE_OF_FINE
+    from mellm.labels import AU_NAMES, COARSE_CLASSES, COARSE_OF_FINE, FINE_EMOTIONS
     from mellm.prompts import IMAGE_ROLE_TEXT, SYSTEM_PROMPT, user_text
     from mellm.vqa import QType, combined_answer, question_text
 
@@ -272,8 +273,8 @@ def build_random_adapter(model_dir: str | Path, out_dir: str | Path, rank: int =
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForImageTextToText
 
-    from train.config import LM_MODULES
-    from train.lora import target_regex
+    from mellm.train.config import LM_MODULES
+    from mellm.train.lora import target_regex
 
     model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32)
     torch.manual_seed(seed)
