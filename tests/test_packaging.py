@@ -11,7 +11,6 @@ import json
 import shutil
 import subprocess
 import sys
-import sysconfig
 from pathlib import Path
 
 import pytest
@@ -45,8 +44,10 @@ def wheel_env(tmp_path_factory) -> tuple[Path, Path]:
     python = venv / "bin" / "python"
     _run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--quiet", str(wheel)], cwd=root)
     site = Path(_run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], cwd=root).stdout.strip())
-    # After the install, so pip never saw the project's own (editable) mellm: the heavy dependencies.
-    (site / "project_deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    # After the install, so pip never saw the project's own (editable) mellm: the heavy dependencies,
+    # from every site-packages folder this interpreter sees (a venv can chain to another's).
+    deps = [p for p in sys.path if p.endswith("site-packages") and Path(p).is_dir()]
+    (site / "project_deps.pth").write_text("\n".join(deps) + "\n")
     return python, site
 
 
