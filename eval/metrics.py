@@ -166,6 +166,20 @@ def mean_absolute_error(y_true: Sequence[float], y_pred: Sequence[float]) -> flo
     return sum(abs(t - p) for t, p in zip(y_true, y_pred, strict=True)) / len(y_true)
 
 
+def root_mean_squared_error(y_true: Sequence[float], y_pred: Sequence[float]) -> float:
+    if not y_true:
+        return 0.0
+    return math.sqrt(sum((t - p) ** 2 for t, p in zip(y_true, y_pred, strict=True)) / len(y_true))
+
+
+def set_jaccard(true: Iterable[Hashable], pred: Iterable[Hashable]) -> float:
+    """|T & P| / |T | P| of one predicted set against one reference set; two empty sets agree (1.0)."""
+    t, p = set(true), set(pred)
+    if not t and not p:
+        return 1.0
+    return len(t & p) / len(t | p)
+
+
 # --- BLEU-4 ----------------------------------------------------------------------------------
 
 _BLEU_TOKEN = re.compile(r"[a-z0-9]+|[^\sa-z0-9]")

@@ -79,12 +79,16 @@ def markdown(r: Report) -> str:
     if r.lv_count:
         lv_rows.append(["event count: accuracy", _num(r.lv_count.accuracy), r.lv_count.n])
         lv_rows.append(["event count: MAE (stated numbers)", _num(r.lv_count.mae), r.lv_count.n - r.lv_count.n_unparsed])
+        lv_rows.append(["event count: RMSE (stated numbers)", _num(r.lv_count.rmse), r.lv_count.n - r.lv_count.n_unparsed])
         for kind, k in r.lv_count.per_kind.items():
             lv_rows.append([f"event count ({kind}): accuracy / MAE", f"{_num(k['accuracy'])} / {_num(k['mae'])}", k["n"]])
     if r.lv_aus:
         lv_rows.append(["distinct AUs: mean set F1", _num(r.lv_aus.mean_set_f1), r.lv_aus.n])
+        lv_rows.append(["distinct AUs: mean Jaccard", _num(r.lv_aus.mean_jaccard), r.lv_aus.n])
     if r.lv_event_type:
         lv_rows.append(["k-th event type: accuracy", _num(r.lv_event_type.accuracy), r.lv_event_type.n])
+        lv_rows.append(["k-th event type: UF1 / UAR", f"{_num(r.lv_event_type.uf1)} / {_num(r.lv_event_type.uar)}",
+                        r.lv_event_type.n])
     if lv_rows:
         lines += ["## ME-LVQA", ""] + _table(["metric", "value", "n"], lv_rows)
     lines += ["## Question types", ""]

@@ -7,8 +7,9 @@ What counts where (see eval/README.md for the reasons):
 - AU F1 from the AU-list questions; accuracy for yes/no and left/right;
 - the combined and open analysis questions get their own AU F1 and coarse/fine UF1/UAR, over the
   parts their references state;
-- ME-LVQA: event counts (exact-match accuracy, MAE over parsed answers), distinct AUs (mean set
-  F1), k-th event type (accuracy);
+- ME-LVQA: event counts (exact-match accuracy; MAE and RMSE over answers stating a number),
+  distinct AUs (mean set F1 and mean Jaccard), k-th event type (accuracy, and UF1/UAR over the
+  micro/macro classes as peers report it);
 - BLEU-4 / ROUGE-1 / ROUGE-L over every scored answer, and per question type.
 A question without a prediction is scored as an empty answer (wrong) unless skip_missing.
 """
@@ -30,7 +31,9 @@ from mellm.eval.metrics import (
     mean_absolute_error,
     merge_totals,
     multilabel_f1,
+    root_mean_squared_error,
     set_f1,
+    set_jaccard,
     text_totals,
 )
 from mellm.eval.records import PredictionFile, load_predictions
@@ -63,12 +66,26 @@ class CountMetrics:
     n: int
     n_unparsed: int
     per_kind: dict[str, dict] = field(default_factory=dict)
+    rmse: float | None = None  # over the same answers as mae
 
 
 @dataclass
 class SetMetrics:
     mean_set_f1: float
     n: int
+    mean_jaccard: float = 0.0
+
+
+@dataclass
+class EventTypeMetrics:
+    """k-th event type: accuracy over every question, and micro/macro UF1/UAR (an unparsed answer
+    is wrong for its reference class)."""
+
+    accuracy: float
+    correct: int
+    n: int
+    uf1: float | None = None
+    uar: float | None = None
 
 
 @dataclass
@@ -107,7 +124,7 @@ class Report:
     analysis: SentenceMetrics | None
     lv_count: CountMetrics | None
     lv_aus: SetMetrics | None
-    lv_event_type: Accuracy | None
+    lv_event_type: EventTypeMetrics | None
     text: TextMetrics
     text_per_type: dict[str, TextMetrics]
     missing_predictions: list[str]
@@ -176,7 +193,7 @@ def score(questions: QuestionFile, predictions: PredictionFile, *, skip_missing:
     yesno, side, event_type = ([], []), ([], []), ([], [])
     sentences: dict[QType, _Sentence] = {}
     lv_counts: list[tuple[str, int, int | None]] = []
-    lv_aus: list[float] = []
+    lv_aus: list[tuple[float, float]] = []
     text_pairs: dict[str, list[tuple[str, str]]] = defaultdict(list)
     missing, unparsed, partial, ref_unparsed = [], [], [], []
 
@@ -230,7 +247,7 @@ def score(questions: QuestionFile, predictions: PredictionFile, *, skip_missing:
         elif t is QType.LV_COUNT:
             lv_counts.append((q.event_kind or "all", ref.count, pred.count))
         elif t is QType.LV_AUS:
-            lv_aus.append(set_f1(ref.aus, pred.aus) if pred.parsed else 0.0)
+            lv_aus.append((set_f1(ref.aus, pred.aus), set_jaccard(ref.aus, pred.aus)) if pred.parsed else (0.0, 0.0))
         elif t is QType.LV_EVENT_TYPE:
             # Compare the most specific thing the reference states.
             key = "event_type" if ref.event_type else "fine" if ref.fine else "coarse"
@@ -256,8 +273,9 @@ def score(questions: QuestionFile, predictions: PredictionFile, *, skip_missing:
         combined=sentences[QType.COMBINED].metrics() if QType.COMBINED in sentences else None,
         analysis=sentences[QType.ANALYSIS].metrics() if QType.ANALYSIS in sentences else None,
         lv_count=_count_metrics(lv_counts) if lv_counts else None,
-        lv_aus=SetMetrics(sum(lv_aus) / len(lv_aus), len(lv_aus)) if lv_aus else None,
-        lv_event_type=accuracy(*event_type) if event_type[0] else None,
+        lv_aus=SetMetrics(sum(f for f, _ in lv_aus) / len(lv_aus), len(lv_aus),
+                          sum(j for _, j in lv_aus) / len(lv_aus)) if lv_aus else None,
+        lv_event_type=_event_type_metrics(*event_type) if event_type[0] else None,
         text=text_all.metrics(),
         text_per_type={k: t.metrics() for k, t in text_by_type.items()},
         missing_predictions=missing,
@@ -269,12 +287,21 @@ def score(questions: QuestionFile, predictions: PredictionFile, *, skip_missing:
     )
 
 
+def _event_type_metrics(truth: list[str], pred: list[str | None]) -> EventTypeMetrics:
+    acc = accuracy(truth, pred)
+    m = class_metrics(truth, pred)
+    return EventTypeMetrics(acc.accuracy, acc.correct, acc.n, m.uf1, m.uar)
+
+
 def _count_metrics(items: list[tuple[str, int, int | None]]) -> CountMetrics:
     def summary(rows):
         parsed = [(t, p) for _, t, p in rows if p is not None]
         acc = accuracy([t for _, t, _ in rows], [p for _, _, p in rows])
         mae = mean_absolute_error([t for t, _ in parsed], [p for _, p in parsed]) if parsed else None
         return acc.accuracy, mae, len(rows), len(rows) - len(parsed)
+
+    parsed_all = [(t, p) for _, t, p in items if p is not None]
+    rmse = root_mean_squared_error([t for t, _ in parsed_all], [p for _, p in parsed_all]) if parsed_all else None
 
     by_kind = defaultdict(list)
     for item in items:
@@ -284,4 +311,4 @@ def _count_metrics(items: list[tuple[str, int, int | None]]) -> CountMetrics:
     for kind, rows in sorted(by_kind.items()):
         k_acc, k_mae, k_n, k_unparsed = summary(rows)
         per_kind[kind] = {"accuracy": k_acc, "mae": k_mae, "n": k_n, "n_unparsed": k_unparsed}
-    return CountMetrics(accuracy=acc, mae=mae, n=n, n_unparsed=n_unparsed, per_kind=per_kind)
+    return CountMetrics(accuracy=acc, mae=mae, n=n, n_unparsed=n_unparsed, per_kind=per_kind, rmse=rmse)

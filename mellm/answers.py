@@ -267,6 +267,12 @@ def _count(norm: str, kind: str | None) -> tuple[int | None, str | None]:
         of_kind = re.findall(rf"\b(\d+|{'|'.join(_NUMBER_WORDS)}) (?:\w+ )?{kind} ?expression", norm)
         value, kind_problem = _pick([str(_number(w)) for w in of_kind], "count")
         problem = kind_problem or (None if value else problem)
+    if problem and kind in (None, "all"):
+        # "2 expression events. 1-th macro-expression: frames 557-608 ...": the interval list a
+        # public peer writes after the count.
+        of_all = re.findall(rf"\b(\d+|{'|'.join(_NUMBER_WORDS)}) (?:expression )?events?\b", norm)
+        value, all_problem = _pick([str(_number(w)) for w in of_all], "count")
+        problem = all_problem or (None if value else problem)
     if problem:
         stated = [str(_number(w)) for w in _COUNT_STATEMENT.findall(norm)]
         value, stated_problem = _pick(stated, "count")

@@ -73,6 +73,18 @@ def canonical_dataset(dataset: str | None, subject: str | None = None) -> str:
     return name
 
 
+_ID_PREFIX = re.compile(r"^(.+?)_(?:test|train|val)_")
+
+
+def dataset_from_id(row_id: str) -> str:
+    """"samm_test_1_001_2_1" -> "samm", "casme3_test_dzw_a1_1" -> "casme3"; "" when the id has no
+    known dataset prefix."""
+    m = _ID_PREFIX.match(row_id.strip().lower())
+    head = m.group(1) if m else row_id.strip().lower().split("_", 1)[0]
+    name = canonical_dataset(head)
+    return name if name in _DATASET_ALIASES.values() else ""
+
+
 def load_questions(path: Path) -> QuestionFile:
     """Read an MEGC question file. Lines without an id or question, or with unusable fields, are
     reported as issues; a repeated id keeps its first line and is reported."""
@@ -100,7 +112,13 @@ def load_questions(path: Path) -> QuestionFile:
 
 def parse_row(obj: dict, number: int = 0) -> QARow:
     """One question-file object -> QARow; ValueError naming the field when it is unusable."""
-    id_ = text_field(obj, "id", required=True)
+    # MEGC 2026 files (ME-VQA v2, ME-LVQA) name a row by "video_id" ("samm_test_SAMM-1_1") and
+    # carry no "dataset": the id's prefix says it.
+    id_ = text_field(obj, "id", required=False)
+    if id_ is None:
+        id_ = text_field(obj, "video_id", required=False)
+    if id_ is None:
+        raise ValueError("missing field 'id' (or 'video_id')")
     question = text_field(obj, "question", required=True)
     if not id_.strip():
         raise ValueError("empty field 'id'")
@@ -114,11 +132,11 @@ def parse_row(obj: dict, number: int = 0) -> QARow:
         id=id_,
         question=question,
         answer=answer if answer is not None and answer.strip() else None,
-        dataset=canonical_dataset(dataset_field, subject),
+        dataset=canonical_dataset(dataset_field, subject) if dataset_field else (dataset_from_id(id_) or "unknown"),
         dataset_field=dataset_field,
         subject=subject,
         filename=filename,
-        image_id=text_field(obj, "image_id", required=False) or filename,
+        image_id=text_field(obj, "image_id", required=False) or filename or (text_field(obj, "video", required=False) or ""),
         video=text_field(obj, "video", required=False),
         onset=int_field(obj, "onset_frame"),
         apex=int_field(obj, "apex_frame"),

@@ -56,6 +56,7 @@ _AU_IN_FREE_QUESTION = (
     re.compile(r"\bwhich side (?:of the face )?(?:is|does|do) (?:the )?(?:action unit|au) (?P<name>.+?)"
                r"(?: (?:located|shown|present|appear|occur)\w*)?(?: on)?\??$"),
 )
+_DASHED_ORDINAL = re.compile(r"\b(\d+)[-\u2010-\u2013 ](st|nd|rd|th)\b")
 _MENTIONS_AU = re.compile(r"\baction units?\b|\baus?\b|\bau\d")
 _EVENT_ORDINAL = re.compile(
     r"\b(?:type|kind) of (?:the )?(\w+) (?:expression |micro-expression |macro-expression |micro |macro )?event"
@@ -66,6 +67,7 @@ _EVENT_ORDINAL = re.compile(
 def classify_question(text: str) -> Question:
     """Question text (any MEGC phrasing) -> Question. Unrecognised text gives QType.UNKNOWN."""
     q = " ".join(text.lower().replace("\u2019", "'").split())
+    q = _DASHED_ORDINAL.sub(r"\1\2", q)  # ME-LVQA writes "5-th", "33-th", "1-th"
     au_question = _au_question(q)
     if au_question is not None:
         return au_question
