@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from mellm.errors import user_errors
+from mellm.errors import ConfigError, user_errors
 
 app = typer.Typer(
     help="MELLM: micro-expression understanding with multimodal LLMs.",
@@ -33,6 +33,17 @@ def main_options(
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
+def _range(text: str, what: str) -> tuple[float, float]:
+    try:
+        lo, _, hi = text.partition("-")
+        out = (float(lo), float(hi or lo))
+    except ValueError:
+        raise ConfigError(f"{what} {text!r}: use LOW-HIGH, e.g. 0.2-1.0") from None
+    if out[0] > out[1]:
+        raise ConfigError(f"{what} {text!r}: LOW is above HIGH")
+    return out
+
+
 @app.command()
 @user_errors
 def synth(
@@ -41,15 +52,45 @@ def synth(
     seed: int = typer.Option(0, help="Random seed; the same seed gives the same clips."),
     frames: int = typer.Option(48, help="Frames per clip."),
     size: str = typer.Option("640x480", help="Frame size WxH."),
-    fmt: str = typer.Option("frames", "--format", help="frames (PNG folders), video (FFV1 .mkv) or both."),
+    fmt: str = typer.Option("frames", "--format", help="frames (PNG folders, JPEG with --jpeg-quality), video (FFV1 .mkv, H.264 .mp4 with --codec h264) or both."),
     drift: float = typer.Option(0.5, help="Fraction of clips with head drift (0-1)."),
     noise: float = typer.Option(1.0, help="Pixel noise standard deviation (grey levels)."),
+    amplitude: str = typer.Option("0.3-2.0", help="Planted AU amplitude range at the apex, px (e.g. 0.2-1.0)."),
+    identities: str = typer.Option("", help="Face identities (mellm.faces), comma-separated, or 'tuning' / 'held-out' (8 each). Default: the legacy astronaut subjects."),
+    iod: str = typer.Option("", help="Face size range, px between the eyes (e.g. 50-120); needs --identities. Default: 90."),
+    anywhere: bool = typer.Option(False, help="Place the face anywhere in the frame (needs --identities)."),
+    jpeg_quality: Optional[int] = typer.Option(None, help="Write frames as JPEG at this quality (CASME II / SAMM ship JPEG)."),
+    codec: str = typer.Option("ffv1", help="Video codec: ffv1 (lossless) or h264 (libx264, yuv420p)."),
+    crf: int = typer.Option(18, help="H.264 constant rate factor."),
+    blinks: float = typer.Option(0.0, help="Expected eye blinks per clip (>= 1: at least one in every clip)."),
+    blink_during_me: float = typer.Option(0.5, help="Share of blinking clips whose first blink falls inside the ME."),
+    rotation: float = typer.Option(0.8, help="Largest head rotation over a clip, degrees."),
+    scale: float = typer.Option(0.01, help="Largest head scale change over a clip (0.02 = 2%)."),
+    shift: float = typer.Option(3.0, help="Largest head translation over a clip, px."),
+    sway: bool = typer.Option(False, help="Non-constant head motion: a smooth sway on top of the drift."),
+    flicker: float = typer.Option(0.0, help="Lighting flicker amplitude (relative gain, e.g. 0.03)."),
+    me_free: float = typer.Option(0.0, help="Share of clips with no micro-expression at all (nuisances only)."),
 ):
-    """Synthetic micro-expression clips with known AUs, timing and exact flow (lossless)."""
+    """Synthetic micro-expression clips with known AUs, timing and exact flow; lossless by default,
+    or with the nuisances of real recordings (JPEG / H.264, blinks, head rotation and sway, flicker,
+    small faces anywhere, ME-free clips), each recorded per clip in labels.jsonl."""
+    from mellm.faces import HELD_OUT, TUNING
     from mellm.synth import SynthConfig, generate_corpus
 
     w, h = (int(v) for v in size.lower().split("x"))
-    cfg = SynthConfig(n_frames=frames, width=w, height=h, drift_fraction=drift, noise_std=noise, fmt=fmt)
+    named = {"tuning": tuple(i.name for i in TUNING), "held-out": tuple(i.name for i in HELD_OUT)}
+    ids = named.get(identities) or tuple(x.strip() for x in identities.split(",") if x.strip())
+    if (iod or anywhere) and not ids:
+        raise ConfigError("--iod and --anywhere need --identities")
+    try:
+        cfg = SynthConfig(n_frames=frames, width=w, height=h, drift_fraction=drift, noise_std=noise, fmt=fmt,
+                          amplitude=_range(amplitude, "--amplitude"), identities=ids,
+                          iod_range=_range(iod, "--iod") if iod else None, place_anywhere=anywhere,
+                          jpeg_quality=jpeg_quality, codec=codec, crf=crf, blink_rate=blinks,
+                          blink_during_me=blink_during_me, max_rotation_deg=rotation, max_scale_change=scale,
+                          max_drift_px=shift, head_sway=sway, flicker=flicker, me_free_fraction=me_free)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     generate_corpus(out, n=n, seed=seed, config=cfg, progress=True)
 
 

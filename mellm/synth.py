@@ -4,7 +4,13 @@ A real face photo that ships with scikit-image (the astronaut, public domain) is
 landmark-anchored displacement fields, one per Action Unit, following FACS motion descriptions.
 Each clip has raised-cosine onset -> apex -> offset timing, optional head drift (translation,
 rotation, scale) and sensor noise, and is written losslessly (PNG frames and/or FFV1 video):
-lossy codecs destroy sub-pixel motion. `labels.jsonl` records, per clip, the AUs with sides and
+lossy codecs destroy sub-pixel motion.
+
+Recordings as they really are (mellm/nuisances.py), each an option of `SynthConfig` and recorded
+per clip in the labels (`nuisances`): faces of several identities (mellm/faces.py: tuning and
+held-out), 50-120 px between the eyes, placed anywhere; JPEG frames or H.264 video; amplitudes
+down to 0.2 px; blinks at any time, also during the ME; head rotation, scale and non-constant
+(swaying) motion; lighting flicker; and clips with no micro-expression at all. `labels.jsonl` records, per clip, the AUs with sides and
 amplitudes, onset/apex/offset, fine and coarse emotion, and the displacement bumps themselves, so
 the exact flow field can be recomputed (`exact_flow`).
 
@@ -22,6 +28,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from mellm import nuisances as nz
 from mellm.labels import COARSE_OF_FINE
 from mellm.register import compose
 
@@ -78,6 +85,32 @@ class SynthConfig:
     amplitude: tuple[float, float] = (0.3, 2.0)  # px at the anchor, at the apex
     n_subjects: int = 6
     fmt: str = "frames"  # frames | video | both
+    # --- recording nuisances (mellm/nuisances.py); the defaults keep the clean, lossless clips ---
+    identities: tuple[str, ...] = ()  # mellm.faces identity names; empty: the astronaut photo (legacy)
+    iod_range: tuple[float, float] | None = None  # per-clip face size (px between the eyes); None: face_iod
+    place_anywhere: bool = False  # the face anywhere in the frame (else near the centre)
+    jpeg_quality: int | None = None  # frames as JPEG at this quality (CASME II / SAMM ship JPEG)
+    codec: str = "ffv1"  # video codec: ffv1 (lossless) | h264 (libx264, yuv420p)
+    crf: int = 18  # H.264 constant rate factor
+    blink_rate: float = 0.0  # expected blinks per clip (>= 1: at least one in every clip)
+    blink_during_me: float = 0.5  # share of blinking clips whose first blink falls inside the ME
+    head_sway: bool = False  # non-constant head motion (a smooth oscillation on top of the drift)
+    flicker: float = 0.0  # lighting flicker amplitude (relative gain); 0: steady light
+    me_free_fraction: float = 0.0  # share of clips with no micro-expression at all
+
+    def __post_init__(self):
+        if self.codec not in ("ffv1", "h264"):
+            raise ValueError(f"unknown codec {self.codec!r}; use ffv1 or h264")
+        if self.jpeg_quality is not None and not 1 <= self.jpeg_quality <= 100:
+            raise ValueError(f"jpeg_quality {self.jpeg_quality} is not in 1..100")
+        if not 0 <= self.me_free_fraction <= 1:
+            raise ValueError(f"me_free_fraction {self.me_free_fraction} is not in 0..1")
+        if self.iod_range is not None and not 20 <= self.iod_range[0] <= self.iod_range[1]:
+            raise ValueError(f"iod_range {self.iod_range}: need 20 <= low <= high")
+        for name in self.identities:
+            from mellm.faces import get_identity
+
+            get_identity(name)  # a clear error for an unknown name
 
 
 @dataclass
@@ -101,12 +134,18 @@ class SynthClip:
     fine: str
     coarse: str
     aus: list[dict]  # {"au", "side", "amplitude_px"}
-    head: dict  # {"dx", "dy", "rot_deg", "scale"}: head pose change from frame 1 to the last frame
+    head: dict  # {"dx", "dy", "rot_deg", "scale"[, "sway", "centre"]}: nuisances.head_pose
     noise_std: float
     base: dict  # subject rendering parameters
     bumps: list[Bump] = field(default_factory=list)
     frames_dir: str | None = None
     video: str | None = None
+    # {"me_free", "jpeg_quality", "codec", "crf", "blinks", "flicker", "iod", "identity"}; {}: none
+    nuisances: dict = field(default_factory=dict)
+
+    @property
+    def me_free(self) -> bool:
+        return bool(self.nuisances.get("me_free"))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -144,6 +183,36 @@ def _base_face(subject_index: int, width: int, height: int, iod: float) -> tuple
     img = np.clip(img + texture[..., None], 0, 255)
     landmarks = (face.landmarks @ m[:, :2].T + m[:, 2]).astype(np.float32)
     return img, landmarks
+
+
+@functools.lru_cache(maxsize=8)
+def _texture(seed: int, width: int, height: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return cv2.GaussianBlur(rng.normal(0, 4.0, (height, width)).astype(np.float32), (0, 0), 0.8)
+
+
+def identity_base(identity: str, width: int, height: int, iod: float, centre: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
+    """An identity's face (mellm.faces) scaled to `iod` px between the eyes, the eyes' midpoint
+    at `centre`, with the same fine skin texture as `_base_face`; and its 68 landmarks."""
+    from mellm.faces import get_identity, identity_face
+
+    idt = get_identity(identity)
+    photo, lm = identity_face(idt)
+    right, left = lm[36:42].mean(0), lm[42:48].mean(0)
+    scale = iod / float(np.linalg.norm(left - right))
+    mid = (left + right) / 2
+    m = np.array([[scale, 0, centre[0] - scale * mid[0]], [0, scale, centre[1] - scale * mid[1]]])
+    img = cv2.warpAffine(photo, m, (width, height), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT)
+    seed = sum(map(ord, identity)) * 7919 + width
+    img = np.clip(img + _texture(seed, width, height)[..., None], 0, 255).astype(np.float32)
+    return img, (lm @ m[:, :2].T + m[:, 2]).astype(np.float32)
+
+
+def clip_base(clip: SynthClip) -> tuple[np.ndarray, np.ndarray]:
+    b = clip.base
+    if "identity" in b:
+        return identity_base(b["identity"], b["width"], b["height"], b["iod"], tuple(b["centre"]))
+    return _base_face(b["subject_index"], b["width"], b["height"], b["iod"])
 
 
 # --- displacement fields ----------------------------------------------------------------------
@@ -188,19 +257,21 @@ def activation(frame: int, onset: int, apex: int, offset: int) -> float:
 
 
 def head_matrix(clip: SynthClip, frame: int, width: int, height: int) -> np.ndarray:
-    """Base image -> frame similarity of the head pose at `frame` (linear drift from frame 1)."""
+    """Base image -> frame similarity of the head pose at `frame` (nuisances.head_pose: linear
+    drift from frame 1, plus a sway when the clip has one), about the face (or the image) centre."""
     t = (frame - 1) / max(1, clip.n_frames - 1)
-    h = clip.head
-    angle, scale = np.radians(h["rot_deg"] * t), 1 + (h["scale"] - 1) * t
-    c = np.array([width / 2, height / 2])
-    rot = scale * np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
-    shift = c - rot @ c + np.array([h["dx"], h["dy"]]) * t
-    return np.hstack([rot, shift[:, None]])
+    centre = clip.head.get("centre", (width / 2, height / 2))
+    return nz.pose_matrix(nz.head_pose(t, clip.head), centre)
 
 
-def render_frame(clip: SynthClip, frame: int, base: np.ndarray, field_: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def render_frame(clip: SynthClip, frame: int, base: np.ndarray, field_: np.ndarray, rng: np.random.Generator,
+                 landmarks: np.ndarray | None = None) -> np.ndarray:
     h, w = base.shape[:2]
     a = np.float32(activation(frame, clip.onset_frame, clip.apex_frame, clip.offset_frame))
+    closure = nz.blink_closure(frame, clip.nuisances.get("blinks", [])) if landmarks is not None else 0.0
+    if closure > 0:
+        base = nz.eyelid_cover(base, landmarks, closure)
+        field_, a = a * field_ + nz.blink_field(landmarks, closure, w, h), np.float32(1.0)
     inv = cv2.invertAffineTransform(head_matrix(clip, frame, w, h))
     ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
     # y = head^-1(x): where the output pixel sits on the (expressive) face
@@ -213,6 +284,9 @@ def render_frame(clip: SynthClip, frame: int, base: np.ndarray, field_: np.ndarr
             d = cv2.remap(field_, zx, zy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
             zx, zy = yx - a * d[..., 0], yy - a * d[..., 1]
     img = cv2.remap(base, zx, zy, cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT)
+    flicker = clip.nuisances.get("flicker")
+    if flicker:
+        img = nz.apply_flicker(img, *nz.flicker_gain(frame, clip.fps, flicker))
     if clip.noise_std > 0:
         img = img + rng.normal(0, clip.noise_std, img.shape).astype(np.float32)
     return np.clip(np.rint(img), 0, 255).astype(np.uint8)
@@ -238,11 +312,12 @@ def exact_flow(clip: SynthClip, to_crop: np.ndarray, size: int, width: int, heig
 RECOVERABLE_PX = 0.5  # planted AUs at least this strong must be found; weaker ones count neither way
 
 
-def au_recovery(clip: SynthClip, found: set[int]) -> tuple[int, int, int]:
+def au_recovery(clip: SynthClip, found: set[int], min_px: float = RECOVERABLE_PX) -> tuple[int, int, int]:
     """(true positives, false positives, false negatives) of the AUs `found` against those planted.
-    Finding a planted AU weaker than RECOVERABLE_PX is not an error, nor is missing it."""
-    truth = {a["au"] for a in clip.aus if a["amplitude_px"] >= RECOVERABLE_PX}
-    weak = {a["au"] for a in clip.aus if a["amplitude_px"] < RECOVERABLE_PX}
+    Finding a planted AU weaker than `min_px` is not an error, nor is missing it. On an ME-free
+    clip every AU found is a false positive."""
+    truth = {a["au"] for a in clip.aus if a["amplitude_px"] >= min_px}
+    weak = {a["au"] for a in clip.aus if a["amplitude_px"] < min_px}
     found = set(found) - weak
     return len(truth & found), len(found - truth), len(truth - found)
 
@@ -288,35 +363,72 @@ def sample_clip(index: int, rng: np.random.Generator, cfg: SynthConfig) -> Synth
         "rot_deg": float(rng.uniform(-cfg.max_rotation_deg, cfg.max_rotation_deg)) if drifting else 0.0,
         "scale": float(1 + rng.uniform(-cfg.max_scale_change, cfg.max_scale_change)) if drifting else 1.0,
     }
-    subject = int(rng.integers(cfg.n_subjects))
+    if not cfg.identities:
+        subject = int(rng.integers(cfg.n_subjects))
+        subject_name = f"s{subject + 1:02d}"
+        base = {"subject_index": subject, "width": cfg.width, "height": cfg.height, "iod": cfg.face_iod}
+    else:
+        subject_name = cfg.identities[int(rng.integers(len(cfg.identities)))]
+        iod = float(rng.uniform(*cfg.iod_range)) if cfg.iod_range else cfg.face_iod
+        w, h = cfg.width, cfg.height
+        if cfg.place_anywhere:  # eyes' midpoint anywhere the whole face (forehead to chin) still fits
+            centre = [float(rng.uniform(1.3 * iod, max(1.3 * iod + 1, w - 1.3 * iod))),
+                      float(rng.uniform(1.2 * iod, max(1.2 * iod + 1, h - 2.1 * iod)))]
+        else:
+            centre = [float(w / 2 + rng.uniform(-0.08, 0.08) * w), float(h * 0.4 + rng.uniform(-0.04, 0.04) * h)]
+        base = {"identity": subject_name, "width": w, "height": h, "iod": round(iod, 2), "centre": centre}
+        # A head turns and scales about itself, not about the image centre.
+        head["centre"] = [centre[0], centre[1] + 0.5 * iod]
+    if cfg.head_sway and drifting:
+        head = {**nz.sample_head(rng, cfg.max_drift_px, cfg.max_rotation_deg, cfg.max_scale_change, sway=True),
+                **({"centre": head["centre"]} if "centre" in head else {})}
+    nuisances: dict = {}
+    if cfg.me_free_fraction > 0 and rng.random() < cfg.me_free_fraction:
+        aus, fine, coarse = [], "none", "none"
+        nuisances["me_free"] = True
+    if cfg.blink_rate > 0:
+        nuisances["blinks"] = nz.sample_blinks(rng, n, FPS, cfg.blink_rate, during=(onset, offset),
+                                            during_share=cfg.blink_during_me)
+    if cfg.flicker > 0:
+        nuisances["flicker"] = nz.sample_flicker(rng, cfg.flicker)
+    if cfg.jpeg_quality:
+        nuisances["jpeg_quality"] = cfg.jpeg_quality
+    if cfg.fmt in ("video", "both") and cfg.codec != "ffv1":
+        nuisances["codec"], nuisances["crf"] = cfg.codec, cfg.crf
     return SynthClip(
-        clip_id=f"synth_{index:04d}", subject=f"s{subject + 1:02d}", n_frames=n, fps=FPS,
-        onset_frame=onset, apex_frame=apex, offset_frame=offset, fine=fine, coarse=COARSE_OF_FINE[fine],
-        aus=aus, head=head, noise_std=cfg.noise_std,
-        base={"subject_index": subject, "width": cfg.width, "height": cfg.height, "iod": cfg.face_iod},
+        clip_id=f"synth_{index:04d}", subject=subject_name, n_frames=n, fps=FPS,
+        onset_frame=onset, apex_frame=apex, offset_frame=offset, fine=fine,
+        coarse=coarse if fine == "none" else COARSE_OF_FINE[fine],
+        aus=aus, head=head, noise_std=cfg.noise_std, base=base, nuisances=nuisances,
     )
 
 
 def render_clip(clip: SynthClip, out_dir: Path, fmt: str, seed: int) -> SynthClip:
-    """Render a sampled clip to disk (PNG frames and/or FFV1 video) and fill in its bumps and paths."""
+    """Render a sampled clip to disk (PNG or JPEG frames and/or FFV1 or H.264 video) and fill in
+    its bumps and paths."""
     b = clip.base
-    base, landmarks = _base_face(b["subject_index"], b["width"], b["height"], b["iod"])
+    base, landmarks = clip_base(clip)
     clip.bumps = _bumps_for(clip.aus, landmarks)
     field_ = displacement_field(clip.bumps, b["width"], b["height"])
     rng = np.random.default_rng(seed)
-    frames = (render_frame(clip, f, base, field_, rng) for f in range(1, clip.n_frames + 1))
+    frames = (render_frame(clip, f, base, field_, rng, landmarks) for f in range(1, clip.n_frames + 1))
     writers = []
     if fmt in ("frames", "both"):
         folder = out_dir / "frames" / clip.clip_id
         folder.mkdir(parents=True, exist_ok=True)
         clip.frames_dir = str(folder.relative_to(out_dir))
-        writers.append(lambda i, f: cv2.imwrite(str(folder / f"img{i}.png"), cv2.cvtColor(f, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 1]))
+        quality = clip.nuisances.get("jpeg_quality")
+        # JPEG frames (jpeg_quality) are the only lossy step of a frame folder, as in CASME II / SAMM.
+        suffix, params = (".jpg", [cv2.IMWRITE_JPEG_QUALITY, int(quality)]) if quality else (".png", [cv2.IMWRITE_PNG_COMPRESSION, 1])
+        writers.append(lambda i, f: cv2.imwrite(str(folder / f"img{i}{suffix}"), cv2.cvtColor(f, cv2.COLOR_RGB2BGR), params))
     video = None
     if fmt in ("video", "both"):
-        path = out_dir / "videos" / f"{clip.clip_id}.mkv"
+        h264 = clip.nuisances.get("codec") == "h264"
+        path = out_dir / "videos" / f"{clip.clip_id}.{'mp4' if h264 else 'mkv'}"
         path.parent.mkdir(parents=True, exist_ok=True)
         clip.video = str(path.relative_to(out_dir))
-        video = _FFV1Writer(path, b["width"], b["height"], clip.fps)
+        video = (nz.H264Writer(path, b["width"], b["height"], clip.fps, crf=clip.nuisances.get("crf", 18)) if h264
+                 else _FFV1Writer(path, b["width"], b["height"], clip.fps))
         writers.append(lambda i, f: video.write(f))
     if not writers:
         raise ValueError(f"unknown format {fmt!r}; use frames, video or both")
