@@ -25,10 +25,10 @@ from mellm.errors import ConfigError, FrameRangeError, NoFaceError
 from mellm.evidence import SCHEMA_VERSION, Evidence
 from mellm.face import get_face_backend
 from mellm.flow import get_flow, optical_strain, remove_head_motion
-from mellm.flowviz import flow_colour_map
+from mellm.flowviz import flow_colour_map, magnitude_overlay
 from mellm.prompts import IMAGE_ROLES
-from mellm.regions import nose_mask, region_masks, region_stats, stable_mask
-from mellm.register import canonical_from_face, frame_to_crop, warp
+from mellm.regions import nose_mask, region_masks, region_shapes, region_stats, stable_mask
+from mellm.register import IOD_FRACTION, canonical_from_face, frame_to_crop, warp
 from mellm.spotting import motion_curve
 from mellm.video import open_clip
 
@@ -81,6 +81,13 @@ class Analysis:
     def flow_image(self, legend: bool = True) -> np.ndarray:
         return flow_colour_map(self.flow, self.onset_crop, legend=legend)
 
+    def magnitude_image(self, legend: bool = True) -> np.ndarray:
+        return magnitude_overlay(self.flow, self.onset_crop, legend=legend)
+
+    def region_shapes(self) -> list[dict]:
+        """The regions' disks in crop pixels (mellm.regions.region_shapes), to draw them on the crops."""
+        return region_shapes(self.landmarks, IOD_FRACTION * self.onset_crop.shape[0])
+
     def images(self, roles: Sequence[str] = IMAGE_ROLES) -> dict[str, np.ndarray]:
         """What a model is shown, by image role (mellm.prompts): the grey onset and apex face crops
         and the flow colour map. Training data, serving and evaluation all take them from here."""
@@ -89,12 +96,14 @@ class Analysis:
 
     def pngs(self, roles: Sequence[str] = IMAGE_ROLES) -> list[bytes]:
         """`images(roles)` as PNG bytes, in order, for a request: lossless, fast compression."""
-        out = []
-        for image in self.images(roles).values():
-            ok, buf = cv2.imencode(".png", image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
-                                   [cv2.IMWRITE_PNG_COMPRESSION, 1])
-            out.append(buf.tobytes())
-        return out
+        return [png_bytes(image) for image in self.images(roles).values()]
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    """A grey or RGB image as PNG bytes: lossless, fast compression."""
+    ok, buf = cv2.imencode(".png", image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
+                           [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    return buf.tobytes()
 
 
 class _Timer:
@@ -109,9 +118,10 @@ class _Timer:
 
 
 def analyze_clip(source: str | Path, onset: int | None = None, apex: int | None = None, offset: int | None = None,
-                 fps: float | None = None, settings: PerceptionSettings | None = None) -> Analysis:
+                 fps: float | None = None, settings: PerceptionSettings | None = None, curve: bool = False) -> Analysis:
     """Run perception on one clip. Frame numbers are the annotation's (mellm.video). Without `apex`, it is spotted
-    between onset and offset (or the clip's end). Raises ClipError subclasses on bad input."""
+    between onset and offset (or the clip's end). Raises ClipError subclasses on bad input. `curve`: compute the
+    motion curve (Evidence.motion_curve) even when the apex is given, for people to look at."""
     s = settings or PerceptionSettings()
     timer = _Timer()
     t0 = time.perf_counter()
@@ -137,14 +147,16 @@ def analyze_clip(source: str | Path, onset: int | None = None, apex: int | None 
         except NoFaceError:
             raise NoFaceError(f"no face found in onset frame {onset} of {clip.path}") from None
     canon = canonical_from_face(face, s.crop_size)
-    curve = None
-    if apex is None:
+    spotted = None
+    if apex is None or curve:
         last = offset if offset is not None else clip.last_frame
         if last <= onset:
             raise FrameRangeError(f"no frames after onset frame {onset} in {clip.path} to spot an apex in")
         with timer("spot"):
-            curve = motion_curve(clip, onset, onset_rgb, last, canon, s.spot_size, s.spot_flow, s.head_motion)
-            apex = curve.apex
+            spotted = motion_curve(clip, onset, onset_rgb, last, canon, s.spot_size, s.spot_flow, s.head_motion)
+    given_apex = apex is not None
+    if not given_apex:
+        apex = spotted.apex
     with timer("decode"):
         apex_rgb = clip.read(apex)
     with timer("register"):
@@ -167,11 +179,11 @@ def analyze_clip(source: str | Path, onset: int | None = None, apex: int | None 
     timer.ms["total"] = 1000 * (time.perf_counter() - t0)
     evidence = Evidence(
         clip=str(source), n_frames=clip.n_frames, fps=clip.fps, onset_frame=onset, apex_frame=apex,
-        offset_frame=offset, apex_source="given" if curve is None else "spotted", flow_method=s.flow,
+        offset_frame=offset, apex_source="given" if given_apex else "spotted", flow_method=s.flow,
         head_motion=head_info, face_box=[int(v) for v in face.box], crop_scale=round(canon.scale, 4),
         regions=stats, aus=found, au_scores=scored, description=text, timings_ms=timer.ms,
         settings={**s.to_dict(), "key": s.key()},
-        motion_curve=None if curve is None else curve.to_dict(),
+        motion_curve=None if spotted is None else spotted.to_dict(),
     )
     return Analysis(evidence, onset_crop, apex_crop, flow, canon.matrix, canon.landmarks)
 

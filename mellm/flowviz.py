@@ -48,3 +48,32 @@ def flow_colour_map(flow: np.ndarray, onset_gray: np.ndarray, full_scale: float 
     if legend:
         out = np.vstack([out, _legend(out.shape[1], full_scale)])
     return out
+
+
+def _magnitude_legend(width: int, full_scale: float) -> np.ndarray:
+    bar = np.full((LEGEND_HEIGHT, width, 3), 255, np.uint8)
+    x0, x1 = 8, width - 8
+    ramp = np.linspace(0, 255, x1 - x0).astype(np.uint8)[None, :]
+    strip = cv2.cvtColor(cv2.applyColorMap(ramp, cv2.COLORMAP_INFERNO), cv2.COLOR_BGR2RGB)
+    bar[4:16, x0:x1] = strip
+    font, colour = cv2.FONT_HERSHEY_SIMPLEX, (40, 40, 40)
+    cv2.putText(bar, "0 px", (x0, 31), font, 0.36, colour, 1, cv2.LINE_AA)
+    label = f"{full_scale:g} px or more"
+    (w, _), _ = cv2.getTextSize(label, font, 0.36, 1)
+    cv2.putText(bar, label, (x1 - w, 31), font, 0.36, colour, 1, cv2.LINE_AA)
+    cv2.putText(bar, "magnitude", ((width - 60) // 2, 31), font, 0.36, colour, 1, cv2.LINE_AA)
+    return bar
+
+
+def magnitude_overlay(flow: np.ndarray, onset_gray: np.ndarray, full_scale: float = FULL_SCALE_PX,
+                      legend: bool = True) -> np.ndarray:
+    """RGB image: flow magnitude as a heat map (inferno, 0 .. full_scale px) over the grey onset face,
+    opaque where motion is strong; the direction-free companion of `flow_colour_map`, for people."""
+    strength = np.clip(np.linalg.norm(flow, axis=-1) / full_scale, 0, 1)
+    heat = cv2.cvtColor(cv2.applyColorMap((255 * strength).astype(np.uint8), cv2.COLORMAP_INFERNO), cv2.COLOR_BGR2RGB)
+    grey = cv2.cvtColor(onset_gray, cv2.COLOR_GRAY2RGB).astype(np.float32)
+    alpha = np.sqrt(strength)[..., None]
+    out = (grey * (1 - alpha) + heat.astype(np.float32) * alpha).astype(np.uint8)
+    if legend:
+        out = np.vstack([out, _magnitude_legend(out.shape[1], full_scale)])
+    return out

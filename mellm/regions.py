@@ -139,6 +139,17 @@ def region_masks(landmarks: np.ndarray, size: int, iod: float) -> dict[str, np.n
     return masks
 
 
+def region_shapes(landmarks: np.ndarray, iod: float) -> list[dict]:
+    """Where each region lies in the canonical crop: {"key", "name", "side", "x", "y", "r"} in crop
+    pixels, the same disks `region_masks` fills (for drawing the regions on the face)."""
+    out = []
+    for r in REGIONS:
+        cx, cy = r.anchor(landmarks, iod)
+        out.append({"key": r.key, "name": r.name, "side": r.side, "x": round(float(cx), 1), "y": round(float(cy), 1),
+                    "r": float(max(2, int(round(r.radius * iod))))})
+    return out
+
+
 def face_mask(landmarks: np.ndarray, size: int, iod: float) -> np.ndarray:
     """The face: jaw line closed over the brows raised by 0.35 IOD (to include the forehead)."""
     brows = landmarks[BROW_R + BROW_L] - np.array([0, 0.35 * iod])

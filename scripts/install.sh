@@ -12,6 +12,11 @@
 #     it. We install it without dependencies, delete its CUDA-linked native libraries (only its
 #     pure-Python transforms are used) and skip the two fake-op registrations that need them.
 #  4. torchaudio/torchcodec wheels are CUDA-linked and crash vLLM's import: they are removed.
+#  5. The web page's browser tests drive Debian's `chromium` through Playwright for Python (pip, the
+#     dev extra). `playwright install` downloads its own browser builds from outside the package
+#     registries, which fails here, so the system package is installed with apt-get (as root, or
+#     with password-less sudo; otherwise the script says so and the browser tests fail, naming
+#     it). MELLM_NO_CHROMIUM=1 skips this step.
 #
 # Idempotent: a stamp in .venv/ records what was installed; a rerun with the same inputs
 # returns at once, a changed pyproject.toml or constraints file reinstalls.
@@ -22,6 +27,30 @@ VENV=.venv
 PY=${PYTHON:-python3}
 STAMP=$VENV/.mellm-install
 WANT=$(cat pyproject.toml scripts/constraints-cpu.txt scripts/install.sh | sha256sum | cut -d' ' -f1)
+
+install_chromium() {
+    # Checked on every run (the stamp below knows nothing of system packages); instant when present.
+    if [ "${MELLM_NO_CHROMIUM:-0}" = 1 ] || command -v chromium >/dev/null 2>&1; then
+        return 0
+    fi
+    local sudo=""
+    if [ "$(id -u)" != 0 ]; then
+        if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+            sudo="sudo -n"
+        else
+            echo "[install] chromium is missing and this is not root: install Debian's chromium for the browser tests" >&2
+            return 0
+        fi
+    fi
+    if ! command -v apt-get >/dev/null 2>&1; then
+        echo "[install] chromium is missing and there is no apt-get: install a chromium for the browser tests" >&2
+        return 0
+    fi
+    echo "[install] chromium (Debian package, for the web page's browser tests) ..."
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends chromium >/dev/null
+}
+install_chromium
 
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT" ]; then
     echo "[install] .venv is up to date"
@@ -63,5 +92,5 @@ guarded = re.sub(
 path.write_text(guarded)
 PY
 
-"$VENV/bin/python" -c "import torchvision, transformers, peft, trl, vllm, cv2, dlib; print('[install] ok: torch', __import__('torch').__version__, 'transformers', transformers.__version__, 'vllm', vllm.__version__)"
+"$VENV/bin/python" -c "import torchvision, transformers, peft, trl, vllm, cv2, dlib, playwright; print('[install] ok: torch', __import__('torch').__version__, 'transformers', transformers.__version__, 'vllm', vllm.__version__)"
 echo "$WANT" > "$STAMP"

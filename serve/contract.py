@@ -27,6 +27,8 @@ class AnalyzeOptions(BaseModel):
     offset: Optional[int] = Field(None, description="Offset frame; bounds apex spotting.")
     model: Optional[str] = Field(None, description="Served model or adapter name; none: the gateway's default.")
     max_tokens: Optional[int] = Field(None, description="Answer length limit in tokens.")
+    views: bool = Field(False, description="Also return the pictures a person looks at (AnalyzeReply.views) and "
+                                          "the motion curve, even when the apex is given.")
 
     def form(self) -> dict[str, str | list[str]]:
         """The multipart form fields, as the gateway reads them (`question` repeats)."""
@@ -35,6 +37,8 @@ class AnalyzeOptions(BaseModel):
             value = getattr(self, key)
             if value is not None:
                 fields[key] = str(value)
+        if self.views:
+            fields["views"] = "true"
         return fields
 
 
@@ -52,11 +56,43 @@ class ParsedLabels(BaseModel):
     problem: Optional[str] = None
 
 
+class AUClaim(BaseModel):
+    """An AU an answer names, checked against the clip's AU evidence."""
+
+    au: int
+    name: str
+    supported: bool = Field(description="Perception judged this AU present (its score reaches 0.5).")
+    score: Optional[float] = Field(None, description="The evidence's score for this AU; none: perception does not score it.")
+    side: Optional[str] = Field(None, description="The side the evidence puts it on (L, R, both).")
+
+
 class Answer(BaseModel):
     question: str
     qtype: str = Field(description="The question's ME-VQA type (mellm.vqa.QType).")
     answer: str
     parsed: ParsedLabels
+    claims: list[AUClaim] = Field(default_factory=list, description="Each AU the answer names, supported or not.")
+
+
+class RegionShape(BaseModel):
+    """Where a region lies on the face crops, in crop pixels."""
+
+    key: str
+    name: str
+    side: str
+    x: float
+    y: float
+    r: float
+
+
+class Views(BaseModel):
+    """What a person looks at (asked for with `views`): PNG images as data URLs, by role (onset and
+    apex face crops, flow colour map and magnitude overlay, each map with its legend strip below
+    the crop), and the regions' disks on the crop."""
+
+    crop_size: int
+    images: dict[str, str]
+    regions: list[RegionShape]
 
 
 class QuestionError(BaseModel):
@@ -93,6 +129,7 @@ class AnalyzeReply(BaseModel):
     errors: list[QuestionError] = Field(default_factory=list, description="Questions that got no answer.")
     evidence: EvidenceSummary
     timings_ms: dict[str, float] = Field(description="receive, perception, llm, overhead, total.")
+    views: Optional[Views] = Field(None, description="Only when asked for with `views`.")
 
 
 class ErrorBody(BaseModel):

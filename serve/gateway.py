@@ -5,6 +5,7 @@ POST /v1/me/analyze    a clip (upload: video or zip of frames; or a path under t
                        prompt (mellm.prompts) -> vLLM -> answers, parsed labels, evidence, timings
 POST /v1/chat/completions, GET /v1/models    passed through to vLLM
 GET  /health           the gateway and vLLM, separately
+GET  /                 a web page to look at a clip, and /v1/me/info, /v1/me/media for it (serve/web.py)
 
 Limits: upload size (413), per-request time (504), concurrency (requests beyond the running and
 queued ones get 429 at once), API key (401). A bad clip is a 4xx with the reason; vLLM down is a
@@ -31,9 +32,11 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from mellm.analyze import PerceptionSettings
 from mellm.errors import ClipError, ClipNotFoundError
+from mellm.labels import au_name
 from mellm.prompts import IMAGE_ROLES
 from mellm.serve.clips import ClipRequestError, resolve_media_path, save_upload
 from mellm.serve.contract import AnalyzeReply, ErrorReply, QuestionError, error_reply
+from mellm.serve.web import add_web_routes
 from mellm.vqa import ANALYSIS_QUESTION
 
 log = logging.getLogger("mellm.gateway")
@@ -169,6 +172,30 @@ def _perceive(source: Path, onset, apex, offset, cfg: GatewayConfig):
     return result, result.pngs(cfg.image_roles)
 
 
+def _perceive_views(source: Path, onset, apex, offset, cfg: GatewayConfig):
+    """`_perceive` plus what a person looks at (contract.Views, as a dict) and the motion curve."""
+    import base64
+
+    from mellm.analyze import analyze_clip, png_bytes
+
+    result = analyze_clip(source, onset=onset, apex=apex, offset=offset, settings=cfg.perception, curve=True)
+    pictures = {"onset": result.onset_crop, "apex": result.apex_crop, "flow": result.flow_image(),
+                "magnitude": result.magnitude_image()}
+    views = {"crop_size": int(result.onset_crop.shape[0]), "regions": result.region_shapes(),
+             "images": {role: "data:image/png;base64," + base64.b64encode(png_bytes(image)).decode("ascii")
+                        for role, image in pictures.items()}}
+    return result, result.pngs(cfg.image_roles), views
+
+
+def _claims(aus: list[int], evidence: dict) -> list[dict]:
+    """Each AU an answer names, checked against the evidence: present (score >= 0.5) or not."""
+    present = {a["au"] for a in evidence["aus"]}
+    scored = {a["au"]: a for a in evidence["au_scores"]}
+    return [{"au": au, "name": au_name(au), "supported": au in present,
+             "score": scored[au]["score"] if au in scored else None,
+             "side": scored[au]["side"] if au in scored else None} for au in aus]
+
+
 def _parsed(question: str, text: str) -> dict:
     from mellm.answers import parse_answer
 
@@ -236,18 +263,20 @@ def create_app(cfg: GatewayConfig) -> FastAPI:
         question: list[str] = Form([], description="Questions to ask (repeatable); default: the open analysis."),
         model: str | None = Form(None, description="Served model or adapter name."),
         max_tokens: int | None = Form(None),
+        views: bool = Form(False, description="Also return the pictures a person looks at and the motion curve."),
     ):
         _check_key(cfg, request)
         async with limiter.slot():
             try:
                 return await asyncio.wait_for(
                     _analyze(request, file, path, onset, apex, offset, question or [ANALYSIS_QUESTION], model,
-                             max_tokens),
+                             max_tokens, views),
                     timeout=cfg.request_timeout_s)
             except asyncio.TimeoutError:
                 raise HTTPException(504, f"the request took longer than {cfg.request_timeout_s:g} s") from None
 
-    async def _analyze(request, file, path, onset, apex, offset, questions, model, max_tokens) -> AnalyzeReply:
+    async def _analyze(request, file, path, onset, apex, offset, questions, model, max_tokens,
+                       views: bool = False) -> AnalyzeReply:
         t0 = time.perf_counter()
         timings: dict[str, float] = {}
         workdir = Path(tempfile.mkdtemp(prefix="mellm-gw-"))
@@ -266,8 +295,13 @@ def create_app(cfg: GatewayConfig) -> FastAPI:
             timings["receive"] = 1000 * (time.perf_counter() - t0)
             t = time.perf_counter()
             try:
-                result, pngs = await asyncio.get_running_loop().run_in_executor(
-                    state["pool"], _perceive, source, onset, apex, offset, cfg)
+                shown = None
+                if views:
+                    result, pngs, shown = await asyncio.get_running_loop().run_in_executor(
+                        state["pool"], _perceive_views, source, onset, apex, offset, cfg)
+                else:
+                    result, pngs = await asyncio.get_running_loop().run_in_executor(
+                        state["pool"], _perceive, source, onset, apex, offset, cfg)
             except ClipNotFoundError as e:
                 raise HTTPException(404, _hide_paths(str(e), workdir, name)) from None
             except ClipError as e:
@@ -276,7 +310,7 @@ def create_app(cfg: GatewayConfig) -> FastAPI:
             evidence = result.evidence.to_dict()
             evidence["clip"] = name
             t = time.perf_counter()
-            asked = await asyncio.gather(*[_ask(q, pngs, result.evidence.description, model, max_tokens)
+            asked = await asyncio.gather(*[_ask(q, pngs, result.evidence.description, model, max_tokens, evidence)
                                            for q in questions])
             timings["llm"] = 1000 * (time.perf_counter() - t)
             timings["total"] = 1000 * (time.perf_counter() - t0)
@@ -284,7 +318,7 @@ def create_app(cfg: GatewayConfig) -> FastAPI:
             return AnalyzeReply(clip=name, model=model or cfg.model, evidence=evidence,
                                 answers=[a for a in asked if not isinstance(a, QuestionError)],
                                 errors=[a for a in asked if isinstance(a, QuestionError)],
-                                timings_ms={k: round(v, 2) for k, v in timings.items()})
+                                timings_ms={k: round(v, 2) for k, v in timings.items()}, views=shown)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
 
@@ -307,7 +341,7 @@ def create_app(cfg: GatewayConfig) -> FastAPI:
         return save_upload(file.filename, target, workdir)
 
     async def _ask(question: str, pngs: list[bytes], evidence_text: str, model: str | None,
-                   max_tokens: int | None) -> dict | QuestionError:
+                   max_tokens: int | None, evidence: dict) -> dict | QuestionError:
         """One question's answer, or its QuestionError when the model server refuses just this one
         (a prompt too long, say). A server that is down or failing fails the whole request."""
         from mellm.prompts import build_messages, to_openai_messages
@@ -328,8 +362,9 @@ def create_app(cfg: GatewayConfig) -> FastAPI:
             return QuestionError(question=question, status=r.status_code,
                                  message=f"the model server refused the request: {r.text[:300]}")
         text = r.json()["choices"][0]["message"]["content"] or ""
+        parsed = _parsed(question, text)
         return {"question": question, "qtype": classify_question(question).type.value, "answer": text,
-                "parsed": _parsed(question, text)}
+                "parsed": parsed, "claims": _claims(parsed["aus"], evidence)}
 
     async def _forward(request: Request, path: str) -> Response:
         _check_key(cfg, request)
@@ -350,6 +385,8 @@ def create_app(cfg: GatewayConfig) -> FastAPI:
 
         kept = {k: v for k, v in upstream.headers.items() if k.lower() in ("content-type", "cache-control")}
         return StreamingResponse(relay(), status_code=upstream.status_code, headers=kept)
+
+    add_web_routes(app, cfg, lambda request: _check_key(cfg, request))
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request):

@@ -62,6 +62,8 @@ def test_the_wheel_installs_only_mellm(wheel_env):
         assert (site / "mellm" / sub).is_dir(), sub
     assert (site / "mellm" / "configs" / "train" / "tiny_cpu.yaml").is_file()
     assert (site / "mellm" / "data" / "megc2025" / "me_vqa_samm_casme2_smic.jsonl").is_file()
+    for name in ("index.html", "app.js", "style.css"):  # the gateway's web page
+        assert (site / "mellm" / "serve" / "web" / name).is_file(), name
 
 
 def test_the_wheel_works_from_a_folder_with_train_py_and_eval(wheel_env, tmp_path):

