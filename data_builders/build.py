@@ -28,7 +28,7 @@ from mellm.data_builders.export import (
 )
 from mellm.data_builders.instruct import SampleOptions, samples_for_clip
 from mellm.data_builders.perceive import perceive_all
-from mellm.data_builders.records import ClipFailure
+from mellm.data_builders.records import ClipFailure, ClipRecord
 from mellm.data_builders.registry import load_dataset
 from mellm.data_builders.splits import make_splits
 from mellm.errors import MellmError
@@ -48,6 +48,14 @@ class BuildConfig:
     exports: bool = True
     progress: bool = True
 
+    def __post_init__(self):
+        if self.limit is not None and self.limit < 1:
+            raise MellmError(f"limit must be at least 1 clip per dataset, got {self.limit}")
+        if self.workers < 1:
+            raise MellmError(f"workers must be at least 1, got {self.workers}")
+        if self.questions is not None and all(name != "megc" for name, _ in self.datasets):
+            raise MellmError(f"--questions only applies to --dataset megc, not {', '.join(n for n, _ in self.datasets)}")
+
 
 @dataclass
 class BuildSummary:
@@ -66,8 +74,10 @@ def build(cfg: BuildConfig) -> BuildSummary:
     records, failures = [], []
     for name, root in cfg.datasets:
         loaded = load_dataset(name, root, cfg.questions if name == "megc" else None)
-        records += loaded.records[: cfg.limit] if cfg.limit else loaded.records
+        records += loaded.records if cfg.limit is None else loaded.records[: cfg.limit]
         failures += loaded.failures
+    records, duplicates = deduplicate(records)
+    failures += duplicates
     if not records:
         raise MellmError(f"no usable clips in {', '.join(str(r) for _, r in cfg.datasets)} "
                          f"({len(failures)} failures; first: {failures[0].message if failures else 'none'})")
@@ -103,6 +113,33 @@ def build(cfg: BuildConfig) -> BuildSummary:
     write_card(out / "card.md", name, {s: rows[s] for s in splits_used}, clip_agreement, record)
     return BuildSummary(len(perceived), len(failures), sum(p.cached for p in perceived),
                         {s: len(rows[s]) for s in splits_used}, out, failures)
+
+
+def deduplicate(records: list[ClipRecord]) -> tuple[list[ClipRecord], list[ClipFailure]]:
+    """One record per clip. Annotation sheets repeat rows: an identical repeat is kept once (with a
+    note); rows that name the same clip with different labels or timing are all refused, since
+    nothing says which one is right, and each sample id must stand for one set of labels."""
+    groups: dict[str, list[ClipRecord]] = {}
+    for r in records:
+        groups.setdefault(r.key, []).append(r)
+    kept, failures = [], []
+    for key, rows in groups.items():
+        first = rows[0]
+        if len(rows) == 1:
+            kept.append(first)
+            continue
+        seen = {json.dumps({k: v for k, v in r.to_dict().items() if k != "notes"}, sort_keys=True) for r in rows}
+        if len(seen) == 1:
+            first.notes.append(f"{first.subject}/{first.clip_id}: {len(rows)} identical annotation rows, kept once")
+            kept.append(first)
+            continue
+        differ = sorted({k for r in rows[1:] for k, v in r.to_dict().items()
+                         if k != "notes" and v != first.to_dict()[k]})
+        names = sorted({f"{r.subject}/{r.clip_id}" for r in rows})
+        failures.append(ClipFailure(first.dataset, names[0], "annotation", "conflicting_annotation",
+                                    f"{len(rows)} annotation rows for clip {' = '.join(names)} disagree on "
+                                    f"{', '.join(differ)}; none is used"))
+    return kept, failures
 
 
 def _copy_clip_files(p, out: Path, roles: tuple[str, ...]) -> list[str]:

@@ -13,16 +13,16 @@ def build_data(
                                                 "Repeat with --root for a composite (e.g. casme2 + samm + smic)."),
     root: list[Path] = typer.Option(..., help="The dataset's folder (annotation file and frames); one per --dataset."),
     out: Path = typer.Option(..., help="Output folder for the MEU-Instruct dataset."),
-    workers: int = typer.Option(1, help="Perception processes (one clip each)."),
+    workers: int = typer.Option(1, min=1, help="Perception processes (one clip each)."),
     flow: str = typer.Option("tvl1", help="Optical flow: tvl1, dis or farneback."),
     questions: Optional[Path] = typer.Option(None, help="--dataset megc: the MEGC question file with answers."),
     cache: Optional[Path] = typer.Option(None, help="Perception cache folder (default OUT/cache); share it between builds."),
     images: str = typer.Option("onset,apex,flow", help="Images per sample, in order: onset, apex, flow."),
     evidence: bool = typer.Option(True, "--evidence/--no-evidence",
                                   help="Put the measured motion description in the prompt (flow-guided variant)."),
-    negatives: int = typer.Option(2, help="'Is AU X shown?' questions answered 'no', per clip."),
+    negatives: int = typer.Option(2, min=0, help="'Is AU X shown?' questions answered 'no', per clip."),
     seed: int = typer.Option(0, help="Seed for splits and sampled negatives."),
-    limit: Optional[int] = typer.Option(None, help="At most this many clips per dataset (a quick trial)."),
+    limit: Optional[int] = typer.Option(None, min=1, help="At most this many clips per dataset (a quick trial)."),
     exports: bool = typer.Option(True, "--exports/--no-exports", help="Also write LLaMA-Factory and ms-swift files."),
 ):
     """Turn dataset folders into MEU-Instruct instruction data (HF dataset, JSONL, exports, card).
@@ -36,6 +36,8 @@ def build_data(
     from mellm.errors import MellmError
     from mellm.prompts import IMAGE_ROLE_TEXT
 
+    if out.exists() and not out.is_dir():
+        raise MellmError(f"--out {out} is a file, not a folder")
     if len(dataset) != len(root):
         raise MellmError(f"give one --root per --dataset ({len(dataset)} datasets, {len(root)} roots)")
     roles = tuple(r.strip() for r in images.split(",") if r.strip())
@@ -55,4 +57,5 @@ def build_data(
         typer.echo(f"  failed: {f.clip}: {f.reason}: {f.message}", err=True)
     if summary.failed > 5:
         typer.echo(f"  ... and {summary.failed - 5} more in {out / 'failures.jsonl'}", err=True)
-    typer.echo(f"wrote {out}/hf, hf_text, jsonl, exports, card.md, build.json")
+    wrote = ["hf", "hf_text", "jsonl", *(["exports"] if exports else []), "card.md", "build.json"]
+    typer.echo(f"wrote {out}/{', '.join(wrote)}")

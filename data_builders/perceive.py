@@ -14,6 +14,7 @@ import json
 import multiprocessing
 import os
 import shutil
+import signal
 import uuid
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from pathlib import Path
 from mellm.analyze import PerceptionSettings
 from mellm.data_builders.records import ClipFailure, ClipRecord
 from mellm.evidence import Evidence
+from mellm.procs import die_with_parent
 
 
 @dataclass
@@ -54,9 +56,11 @@ def cache_key(record: ClipRecord, settings: PerceptionSettings) -> str:
     return hashlib.blake2b(blob.encode(), digest_size=12).hexdigest()
 
 
-def _init_worker() -> None:
+def _init_worker(parent_pid: int | None = None) -> None:
     import cv2
 
+    if parent_pid is not None:  # a pool process: SIGKILL the build and its workers go with it
+        die_with_parent(signal.SIGKILL, parent_pid)
     cv2.setNumThreads(1)  # one clip per core; OpenCV's own threads would oversubscribe
 
 
@@ -93,11 +97,16 @@ def perceive_all(records: list[ClipRecord], settings: PerceptionSettings, cache_
     from tqdm import tqdm
 
     cache_dir.mkdir(parents=True, exist_ok=True)
-    keys = [cache_key(r, settings) for r in records]
+    keys: dict[int, str] = {}
     results: dict[int, dict] = {}
     todo = []
-    for i, key in enumerate(keys):
-        if (entry_for(key, cache_dir) / "evidence.json").is_file():
+    for i, r in enumerate(records):
+        try:  # hashing reads every frame: an unreadable clip fails here, alone
+            keys[i] = cache_key(r, settings)
+        except OSError as e:
+            results[i] = {"ok": False, "reason": "unreadable", "message": f"cannot read {r.source}: {e}"}
+            continue
+        if (entry_for(keys[i], cache_dir) / "evidence.json").is_file():
             results[i] = {"ok": True, "cached": True}
         else:
             todo.append(i)
@@ -110,7 +119,8 @@ def perceive_all(records: list[ClipRecord], settings: PerceptionSettings, cache_
     else:
         # spawn, not fork: a forked child inherits OpenCV's thread pool locks mid-use and can hang.
         context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=min(workers, len(todo)), initializer=_init_worker, mp_context=context) as pool:
+        with ProcessPoolExecutor(max_workers=min(workers, len(todo)), initializer=_init_worker,
+                                 initargs=(os.getpid(),), mp_context=context) as pool:
             futures = {pool.submit(perceive_one, records[i], settings, cache_dir, keys[i]): i for i in todo}
             for fut in as_completed(futures):
                 results[futures[fut]] = fut.result()

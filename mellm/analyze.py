@@ -30,7 +30,7 @@ from mellm.prompts import IMAGE_ROLES
 from mellm.regions import nose_mask, region_masks, region_shapes, region_stats, stable_mask
 from mellm.register import IOD_FRACTION, canonical_from_face, frame_to_crop, warp
 from mellm.spotting import motion_curve
-from mellm.video import open_clip
+from mellm.video import ClipLimits, open_clip
 
 
 @dataclass(frozen=True)
@@ -118,15 +118,17 @@ class _Timer:
 
 
 def analyze_clip(source: str | Path, onset: int | None = None, apex: int | None = None, offset: int | None = None,
-                 fps: float | None = None, settings: PerceptionSettings | None = None, curve: bool = False) -> Analysis:
+                 fps: float | None = None, settings: PerceptionSettings | None = None, curve: bool = False,
+                 limits: ClipLimits | None = None) -> Analysis:
     """Run perception on one clip. Frame numbers are the annotation's (mellm.video). Without `apex`, it is spotted
-    between onset and offset (or the clip's end). Raises ClipError subclasses on bad input. `curve`: compute the
-    motion curve (Evidence.motion_curve) even when the apex is given, for people to look at."""
+    between onset and offset (or the clip's end). Raises ClipError subclasses on bad input (ClipTooLargeError
+    past `limits`, checked before anything is decoded). `curve`: compute the motion curve (Evidence.motion_curve)
+    even when the apex is given, for people to look at."""
     s = settings or PerceptionSettings()
     timer = _Timer()
     t0 = time.perf_counter()
     with timer("decode"):
-        clip = open_clip(source, fps)
+        clip = open_clip(source, fps, limits)
         onset = clip.first_frame if onset is None else onset
         clip.check_frame(onset, "onset frame")
         if offset is not None:

@@ -3,6 +3,7 @@ heavy imports happen inside the commands so `mellm --help` stays fast."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Optional
 
@@ -44,6 +45,13 @@ def _range(text: str, what: str) -> tuple[float, float]:
     return out
 
 
+def _size(text: str) -> tuple[int, int]:
+    match = re.fullmatch(r"\s*(\d{1,6})\s*[xX]\s*(\d{1,6})\s*", text)
+    if not match:
+        raise ConfigError(f"--size {text!r}: expected WIDTHxHEIGHT in pixels, e.g. 640x480")
+    return int(match[1]), int(match[2])
+
+
 @app.command()
 @user_errors
 def synth(
@@ -77,7 +85,7 @@ def synth(
     from mellm.faces import HELD_OUT, TUNING
     from mellm.synth import SynthConfig, generate_corpus
 
-    w, h = (int(v) for v in size.lower().split("x"))
+    w, h = _size(size)
     named = {"tuning": tuple(i.name for i in TUNING), "held-out": tuple(i.name for i in HELD_OUT)}
     ids = named.get(identities) or tuple(x.strip() for x in identities.split(",") if x.strip())
     if (iod or anywhere) and not ids:
@@ -107,6 +115,9 @@ def analyze(
 ):
     """Motion evidence for one clip: regions, Action Units, description and flow colour map."""
     from mellm.analyze import PerceptionSettings, analyze_clip, save_analysis
+
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file, not a folder")
 
     result = analyze_clip(clip, onset=onset, apex=apex, offset=offset, fps=fps,
                           settings=PerceptionSettings(flow=flow))

@@ -27,6 +27,12 @@ class UnreadableClipError(ClipError):
     reason = "unreadable"
 
 
+class ClipTooLargeError(ClipError):
+    """More frames or pixels than the configured limits (mellm.video.ClipLimits) allow."""
+
+    reason = "too_large"
+
+
 class EmptyClipError(ClipError):
     reason = "empty"
 
@@ -44,14 +50,15 @@ class ConfigError(MellmError, ValueError):
 
 
 def user_errors(fn):
-    """For CLI commands: a MellmError (bad input, bad config) is printed as one red line and the
-    process exits with status 2, without a traceback."""
+    """For CLI commands: a MellmError (bad input, bad config) or an OSError (a path that cannot be
+    read or written: it names the file) is printed as one red line and the process exits with
+    status 2, without a traceback."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except MellmError as e:
+        except (MellmError, OSError) as e:
             import typer
 
             typer.secho(f"error: {e}", fg="red", err=True)

@@ -50,6 +50,9 @@ def iter_jsonl(path: Path, issues: list[LineIssue]) -> Iterator[tuple[int, dict]
             obj, end = _raw_decode(text)  # the fast path; json.loads below only to word an error
             if end != len(text) and text[end:].strip():
                 raise ValueError("extra data")
+        except RecursionError:
+            issues.append(LineIssue(name, number, "invalid JSON: nested too deeply"))
+            continue
         except ValueError:
             try:
                 obj = json.loads(text)

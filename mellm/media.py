@@ -103,6 +103,8 @@ class MediaIndex:
                 data = json.loads(Path(clip_map).read_text())
             except (OSError, json.JSONDecodeError) as e:
                 raise MellmError(f"clip map {clip_map}: {e}") from None
+            except RecursionError:
+                raise MellmError(f"clip map {clip_map}: JSON nested too deeply") from None
             if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
                 raise MellmError(f"clip map {clip_map}: expected a JSON object of id -> path strings")
             self.clip_map = data

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -29,6 +30,7 @@ import cv2
 import numpy as np
 
 from mellm import nuisances as nz
+from mellm.errors import ConfigError
 from mellm.labels import COARSE_OF_FINE
 from mellm.register import compose
 
@@ -99,6 +101,22 @@ class SynthConfig:
     me_free_fraction: float = 0.0  # share of clips with no micro-expression at all
 
     def __post_init__(self):
+        # Checked here, not at render time: a bad value would otherwise write labels that lie
+        # (an apex before the onset) or fail after minutes of rendering.
+        if self.n_frames < MIN_FRAMES:
+            raise ConfigError(f"frames per clip must be at least {MIN_FRAMES} (onset, apex and offset need room), "
+                              f"got {self.n_frames}")
+        for name, value in (("width", self.width), ("height", self.height)):
+            if not MIN_SIDE <= value <= MAX_SIDE:
+                raise ConfigError(f"frame {name} must be {MIN_SIDE}..{MAX_SIDE} pixels, got {value}")
+        if self.fmt not in FORMATS:
+            raise ConfigError(f"unknown format {self.fmt!r}; use {', '.join(FORMATS)}")
+        if not (math.isfinite(self.drift_fraction) and 0 <= self.drift_fraction <= 1):
+            raise ConfigError(f"drift fraction must be between 0 and 1, got {self.drift_fraction}")
+        if not (math.isfinite(self.noise_std) and self.noise_std >= 0):
+            raise ConfigError(f"noise standard deviation must be a finite number >= 0, got {self.noise_std}")
+        if not (math.isfinite(self.face_iod) and self.face_iod > 0) or self.n_subjects < 1:
+            raise ConfigError(f"face_iod must be > 0 and n_subjects >= 1, got {self.face_iod}, {self.n_subjects}")
         if self.codec not in ("ffv1", "h264"):
             raise ValueError(f"unknown codec {self.codec!r}; use ffv1 or h264")
         if self.jpeg_quality is not None and not 1 <= self.jpeg_quality <= 100:
@@ -111,6 +129,11 @@ class SynthConfig:
             from mellm.faces import get_identity
 
             get_identity(name)  # a clear error for an unknown name
+
+
+MIN_FRAMES = 6  # the smallest clip sample_clip can time: onset 2 < apex <= n - 3 < offset <= n
+MIN_SIDE, MAX_SIDE = 64, 4096
+FORMATS = ("frames", "video", "both")
 
 
 @dataclass
@@ -470,6 +493,10 @@ def generate_corpus(out: str | Path, n: int, seed: int = 0, config: SynthConfig 
 
     cfg = config or SynthConfig()
     out = Path(out)
+    if n < 1:
+        raise ConfigError(f"number of clips must be at least 1, got {n}")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file, not a folder")
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     clips = [sample_clip(i, rng, cfg) for i in range(n)]
@@ -483,5 +510,17 @@ def generate_corpus(out: str | Path, n: int, seed: int = 0, config: SynthConfig 
 
 
 def load_labels(root: str | Path) -> list[SynthClip]:
-    with open(Path(root) / "labels.jsonl") as f:
-        return [SynthClip.from_dict(json.loads(line)) for line in f if line.strip()]
+    """The clips of labels.jsonl; a line that is not a clip's labels is an error naming file and line."""
+    from mellm.jsonl import InputFileError, iter_jsonl
+
+    path = Path(root) / "labels.jsonl"
+    issues: list = []
+    clips = []
+    for number, obj in iter_jsonl(path, issues):
+        try:
+            clips.append(SynthClip.from_dict(obj))
+        except (TypeError, KeyError, ValueError) as e:
+            issues.append(f"{path}:{number}: not a synthetic clip's labels ({type(e).__name__}: {e})")
+    if issues:
+        raise InputFileError(f"{issues[0]}" + (f" (and {len(issues) - 1} more bad lines)" if len(issues) > 1 else ""))
+    return clips

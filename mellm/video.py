@@ -9,7 +9,9 @@ order. Frames come back as RGB uint8.
 
 from __future__ import annotations
 
+import math
 import re
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,11 +19,69 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from mellm.errors import ClipNotFoundError, EmptyClipError, FrameRangeError, UnreadableClipError
+from mellm.errors import (
+    ClipNotFoundError,
+    ClipTooLargeError,
+    ConfigError,
+    EmptyClipError,
+    FrameRangeError,
+    UnreadableClipError,
+)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
 # In the order clip lookup tries them when a path has no extension (mellm.media).
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".mpg", ".mpeg", ".m4v", ".wmv", ".flv")
+
+
+@dataclass(frozen=True)
+class ClipLimits:
+    """Bounds on what a clip may make perception decode, checked from file headers before any frame
+    is decoded: a 779 KB zip of two 20000x20000 PNGs decodes to 2.4 GB. None: no bound (the CLI's
+    default, for a researcher's own files; the gateway sets both)."""
+
+    max_frames: int | None = None
+    max_pixels: int | None = None  # width * height of one frame
+
+    def check(self, path: Path, n_frames: int | None, size: tuple[int, int] | None, what: str = "") -> None:
+        if self.max_frames is not None and n_frames is not None and n_frames > self.max_frames:
+            raise ClipTooLargeError(f"{path} has {n_frames} frames; at most {self.max_frames} are accepted")
+        if self.max_pixels is not None and size is not None and size[0] * size[1] > self.max_pixels:
+            raise ClipTooLargeError(f"{what or path} is {size[0]}x{size[1]} pixels "
+                                    f"({size[0] * size[1] / 1e6:.1f} MP); at most {self.max_pixels / 1e6:.1f} MP "
+                                    "per frame are accepted")
+
+
+def check_fps(fps: float | None) -> float | None:
+    """A frame rate given by a user or an annotation file: positive and finite, or None."""
+    if fps is None:
+        return None
+    if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not math.isfinite(fps) or fps <= 0:
+        raise ConfigError(f"fps must be a positive finite number, got {fps!r}")
+    return float(fps)
+
+
+def _file_fps(value) -> float | None:
+    """A container's own frame rate, or None when it reports none usable (0, NaN)."""
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) and value > 0 else None
+
+
+def image_size(file: Path) -> tuple[int, int]:
+    """(width, height) from an image file's header, without decoding its pixels."""
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(file) as img:
+                return img.size
+    except Image.DecompressionBombError as e:  # past PIL's own bound (about 179 MP)
+        raise ClipTooLargeError(f"frame {file} is too large to decode safely ({e})") from None
+    except (OSError, ValueError, SyntaxError) as e:  # not an image PIL can read the header of
+        raise UnreadableClipError(f"cannot read image {file}: {e}") from None
 
 
 def natural_key(path: Path) -> list:
@@ -100,20 +160,46 @@ class Clip:
         return _pyav_read(self.path, frames)
 
 
-def open_clip(path: str | Path, fps: float | None = None) -> Clip:
-    """Open a video file or a frame folder. Raises ClipNotFoundError, EmptyClipError or
-    UnreadableClipError with the path in the message."""
+def open_clip(path: str | Path, fps: float | None = None, limits: ClipLimits | None = None) -> Clip:
+    """Open a video file or a frame folder. Raises ClipNotFoundError, EmptyClipError,
+    UnreadableClipError or (past `limits`) ClipTooLargeError with the path in the message."""
     path = Path(path)
+    fps = check_fps(fps)
+    limits = limits or ClipLimits()
     if not path.exists():
         raise ClipNotFoundError(f"clip not found: {path}")
     if path.is_dir():
         files = list_frame_files(path)
         if not files:
             raise EmptyClipError(f"no frames ({', '.join(sorted(IMAGE_SUFFIXES))}) in folder {path}")
+        limits.check(path, len(files), None)
+        if limits.max_pixels is not None:
+            for f in files:
+                limits.check(path, None, image_size(f), what=f"frame {f}")
         return Clip(path, frame_numbers(files), fps, "frames", frame_files=files)
     if path.stat().st_size == 0:
         raise EmptyClipError(f"video file is empty: {path}")
-    return _open_video(path, fps)
+    if limits != ClipLimits():
+        _check_video_header(path, limits)
+    return _open_video(path, fps, limits)
+
+
+def _check_video_header(path: Path, limits: ClipLimits) -> None:
+    """Frame size and (where the container states it) frame count, read by PyAV from the headers."""
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise UnreadableClipError(f"no video stream in {path}")
+            stream = container.streams.video[0]
+            size = (stream.codec_context.width, stream.codec_context.height)
+            frames = stream.frames or None
+    except (UnreadableClipError, ClipTooLargeError):
+        raise
+    except Exception as e:
+        raise UnreadableClipError(f"cannot read video {path}: {e}") from e
+    limits.check(path, frames, size, what=f"video {path}")
 
 
 def _read_image(file: Path) -> np.ndarray:
@@ -123,24 +209,28 @@ def _read_image(file: Path) -> np.ndarray:
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
-def _open_video(path: Path, fps: float | None) -> Clip:
+def _open_video(path: Path, fps: float | None, limits: ClipLimits) -> Clip:
     decord_error = None
     try:
         import decord
 
         vr = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
-        n = len(vr)
+        n = len(vr)  # from the index, nothing decoded yet
         if n > 0:
-            return Clip(path, list(range(1, n + 1)), fps or float(vr.get_avg_fps()), "video", _video=vr, _backend="decord")
+            limits.check(path, n, None)
+            return Clip(path, list(range(1, n + 1)), fps or _file_fps(vr.get_avg_fps()), "video", _video=vr,
+                        _backend="decord")
     except ImportError:
         pass
+    except ClipTooLargeError:
+        raise
     except Exception as e:  # decord's DECORDError and friends: try PyAV before giving up
         decord_error = e
-    n, video_fps = _pyav_probe(path, decord_error)
+    n, video_fps = _pyav_probe(path, decord_error, limits)
     return Clip(path, list(range(1, n + 1)), fps or video_fps, "video", _backend="pyav")
 
 
-def _pyav_probe(path: Path, earlier: Exception | None) -> tuple[int, float | None]:
+def _pyav_probe(path: Path, earlier: Exception | None, limits: ClipLimits) -> tuple[int, float | None]:
     import av
 
     try:
@@ -148,9 +238,12 @@ def _pyav_probe(path: Path, earlier: Exception | None) -> tuple[int, float | Non
             if not container.streams.video:
                 raise UnreadableClipError(f"no video stream in {path}")
             stream = container.streams.video[0]
-            n = sum(1 for _ in container.decode(stream))
-            rate = float(stream.average_rate) if stream.average_rate else None
-    except UnreadableClipError:
+            n = 0
+            for _ in container.decode(stream):  # counted by decoding: stop once past the limit
+                n += 1
+                limits.check(path, n, None)
+            rate = _file_fps(stream.average_rate)
+    except (UnreadableClipError, ClipTooLargeError):
         raise
     except Exception as e:
         detail = f"{e}" + (f"; decord: {earlier}" if earlier else "")

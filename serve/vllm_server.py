@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx
 
 from mellm.errors import ConfigError, MellmError
+from mellm.procs import die_with_parent
 
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the ranks vLLM's --max-lora-rank accepts
 SERVING_NOTES = "serving.json"  # written by `mellm train` / `mellm export` beside an adapter or merged model
@@ -120,11 +121,8 @@ def vllm_command(cfg: ServerConfig, gpu: bool) -> tuple[list[str], dict]:
 
 
 def _exit_with_parent() -> None:
-    """In the child, before exec: SIGTERM when the parent dies (Linux prctl PR_SET_PDEATHSIG)."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
+    """In the child, before exec: SIGTERM when the parent dies (vLLM then stops its own workers)."""
+    die_with_parent(signal.SIGTERM)
 
 
 class VLLMServer:
