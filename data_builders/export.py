@@ -28,7 +28,7 @@ def jsonl_row(s: Sample, images: list[str], opts: PromptOptions) -> dict:
         "qtype": s.qtype.value, "question": s.question, "answer": s.answer,
         "evidence_text": s.clip.evidence.description if opts.evidence_in_prompt else None,
         "images": images, "coarse": rec.coarse, "fine": rec.fine, "aus": [a.au for a in rec.aus],
-        "agreement": s.agreement,
+        "au_sides": [a.side for a in rec.aus], "agreement": s.agreement,
     }
 
 
@@ -49,7 +49,8 @@ def _features(text_only: bool):
         "id": Value("string"), "dataset": Value("string"), "subject": Value("string"), "clip_id": Value("string"),
         "qtype": Value("string"), "question": Value("string"), "answer": Value("string"),
         "messages": List({"role": Value("string"), "content": content}),
-        "coarse": Value("string"), "fine": Value("string"), "aus": List(Value("int32")), "agreement": Value("string"),
+        "coarse": Value("string"), "fine": Value("string"), "aus": List(Value("int32")),
+        "au_sides": List(Value("string")), "agreement": Value("string"),
     }
     if not text_only:
         feats["images"] = List(Image())
@@ -62,6 +63,7 @@ def _hf_rows(jsonl: Path, root: Path, opts: PromptOptions, text_only: bool):
             r = json.loads(line)
             row = {k: r[k] for k in ("id", "dataset", "subject", "clip_id", "qtype", "question", "answer",
                                      "coarse", "fine", "aus")}
+            row["au_sides"] = r.get("au_sides") or ["both"] * len(r["aus"])
             row["agreement"] = json.dumps(r["agreement"])
             roles = () if text_only else opts.image_roles
             row["messages"] = build_messages(r["question"], roles, r["evidence_text"], answer=r["answer"], text_only=text_only)

@@ -362,3 +362,43 @@ def _parse(question: Question, text: str) -> ParsedAnswer:
 
 def _none(value, what: str) -> str | None:
     return None if value is not None else f"no {what} stated"
+
+
+_SIDE_WORD = re.compile(r"\b(left|right|both sides?|bilateral(?:ly)?)\b")
+_SIDE_STOP = re.compile(r"[.;,\n]")
+
+
+def au_sides(text: str) -> dict[int, str]:
+    """The side an answer gives each AU it states: {au: "L" | "R" | "both"}, the subject's side.
+
+    A side is read from an L/R code prefix ("AU R12"), or from the first side word after the AU's
+    mention and before the next AU mention or the end of its clause ("AU12 lip corner puller (left
+    side)", "lip corner puller on the right"), or from the word just before it ("left lip corner
+    puller"). Negated mentions state no side, as they state no AU (`parse_answer`). An AU whose
+    side is not stated is left out."""
+    norm = _normalise(text or "")
+    mentions = []
+    for m in _AU_NAME_RE.finditer(norm):
+        key = m.group(0)
+        au = AU_BY_NAME[key] if key in AU_BY_NAME else AU_BY_NAME.get(key[:-1]) or AU_BY_NAME[key[:-2]]
+        mentions.append((m.start(), m.end(), au, None))
+    for m in _AU_CODE_RE.finditer(norm):
+        if int(m.group(2)) in AU_NAMES:
+            mentions.append((m.start(), m.end(), int(m.group(2)), (m.group(1) or "").upper() or None))
+    mentions.sort()
+    sides: dict[int, str] = {}
+    for i, (start, end, au, coded) in enumerate(mentions):
+        if _negated(norm, start) or au in sides:
+            continue
+        if coded:
+            sides[au] = coded
+            continue
+        nxt = mentions[i + 1][0] if i + 1 < len(mentions) else len(norm)
+        after = norm[end:nxt]
+        stop = _SIDE_STOP.search(after)
+        m = _SIDE_WORD.search(after[: stop.start()] if stop else after)
+        before = _WORD.findall(norm[max(0, start - 12):start])[-1:]
+        word = m.group(1) if m else (before[0] if before and before[0] in ("left", "right") else None)
+        if word:
+            sides[au] = {"left": "L", "right": "R"}.get(word, "both")
+    return sides

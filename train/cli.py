@@ -20,7 +20,8 @@ def train(
     dry_run: bool = typer.Option(False, help="Validate the config against the disk and print it; load no model."),
     quiet: bool = typer.Option(False, help="No progress bars."),
 ):
-    """LoRA / QLoRA fine-tuning on MEU-Instruct. Multi-GPU: accelerate launch -m mellm.cli train ..."""
+    """LoRA / QLoRA fine-tuning on MEU-Instruct: supervised (method: sft) or GRPO with AU-grounded rewards
+    (method: grpo, e.g. --config qwen2_5_vl_7b_grpo). Multi-GPU: accelerate launch -m mellm.cli train ..."""
     from mellm.train.config import load_config
 
     items = list(overrides or [])
@@ -33,6 +34,10 @@ def train(
         from mellm.train.preflight import preflight
 
         report = preflight(cfg)
+        if cfg.method == "grpo":
+            from mellm.train.grpo import check_grpo
+
+            report["grpo"] = check_grpo(cfg)
         typer.echo(cfg.to_yaml())
         typer.echo(f"preflight ok: {json.dumps(report)}", err=True)
         return

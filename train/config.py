@@ -34,6 +34,8 @@ class ModelConfig(_Section):
     name_or_path: str = "Qwen/Qwen2.5-VL-7B-Instruct"  # hub id (GPU users) or a local model directory
     processor: Optional[str] = None  # processor/tokenizer location; None: same as name_or_path
     revision: Optional[str] = None
+    # A LoRA adapter to start from (RUN/adapter of an SFT run): GRPO goes on training its weights.
+    adapter: Optional[str] = None
     text_only: bool = False  # AutoModelForCausalLM on the text variant of the data (DIR/hf_text)
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "bfloat16"
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2", "flash_attention_3"] = "sdpa"
@@ -133,14 +135,82 @@ class TrainSection(_Section):
         return v
 
 
+class GRPOSection(_Section):
+    """Reinforcement fine-tuning with trl's GRPOTrainer (method: grpo). train.batch_size counts
+    completions, as in trl: batch_size * grad_accum must be a multiple of num_generations."""
+
+    num_generations: int = 8  # answers sampled per prompt; the rewards are compared within the group
+    max_completion_length: int = 128  # tokens per sampled answer
+    temperature: float = 1.0
+    top_p: float = 1.0
+    beta: float = 0.0  # KL to the starting policy; 0 needs no reference model
+    epsilon: float = 0.2  # clipping of the policy ratio
+    num_iterations: int = 1  # optimisation passes per generated batch
+    loss_type: str = "dapo"
+    scale_rewards: Literal["group", "batch", "none"] = "group"
+    # Generation on GPUs: vLLM inside the training process (colocate) or a `trl vllm-serve` server.
+    use_vllm: bool = False
+    vllm_mode: Literal["colocate", "server"] = "colocate"
+    vllm_gpu_memory_utilization: float = 0.3
+    vllm_tensor_parallel_size: int = 1
+    vllm_server_base_url: Optional[str] = None  # server mode; None: vllm_server_host:port
+    vllm_server_host: str = "127.0.0.1"
+    vllm_server_port: int = 8000
+    # Every image is resized to this square before it reaches the processor. vLLM colocate mode
+    # gets prompt ids with the image tokens already expanded plus the raw images; images of
+    # different sizes then crash M-RoPE or silently corrupt prompts (trl issues 6401, 6294). One
+    # fixed size avoids it. None: keep the dataset's sizes (plain generation; also with vLLM when
+    # they are all one size, which preflight checks).
+    image_size: Optional[int] = None
+    log_completions: bool = False
+
+    @field_validator("num_generations")
+    @classmethod
+    def _group(cls, v: int) -> int:
+        if v < 2:
+            raise ValueError("must be >= 2: GRPO compares each answer with the others of its group")
+        return v
+
+
+class RewardsSection(_Section):
+    """Reward weights (name -> weight; a reward left out is not computed) and their settings
+    (train/rewards.py)."""
+
+    weights: dict[str, float] = {"format": 0.5, "emotion": 1.0, "au": 0.5, "evidence": 0.5, "degenerate": 1.0}
+    class_balanced: bool = False  # emotion reward: inverse class frequency of the training rows
+    strong_px: float = 0.5  # evidence reward: a region moving at least this much must be explained
+    max_words: int = 60  # degenerate guard: longest ordinary answer (words)
+    analysis_max_words: int = 250
+    max_repeat: float = 0.5  # degenerate guard: largest share of repeated word 3-grams
+
+    @field_validator("weights")
+    @classmethod
+    def _known(cls, v: dict[str, float]) -> dict[str, float]:
+        from mellm.train.rewards import REWARD_NAMES
+
+        bad = [k for k in v if k not in REWARD_NAMES]
+        if bad:
+            hint = [difflib.get_close_matches(k, REWARD_NAMES, n=1) for k in bad]
+            hint = "; ".join(f"{k!r}" + (f" (did you mean {h[0]!r}?)" if h else "") for k, h in zip(bad, hint))
+            raise ValueError(f"unknown reward(s) {hint}; known: {', '.join(REWARD_NAMES)}")
+        if not v:
+            raise ValueError(f"needs at least one reward; known: {', '.join(REWARD_NAMES)}")
+        if not any(w != 0 for w in v.values()):
+            raise ValueError("every reward weight is 0: nothing would be learnt")
+        return v
+
+
 class TrainConfig(_Section):
     output_dir: Path = Path("runs/train")  # the run directory
     seed: int = 42
+    method: Literal["sft", "grpo"] = "sft"  # supervised fine-tuning, or GRPO with the rewards below
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
     lora: LoraConfig = LoraConfig()
     quant: QuantConfig = QuantConfig()
     train: TrainSection = TrainSection()
+    grpo: GRPOSection = GRPOSection()
+    rewards: RewardsSection = RewardsSection()
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
@@ -156,6 +226,16 @@ class TrainConfig(_Section):
                              f"{self.model.attn_implementation}, packed samples would attend to each other")
         if self.lora.vision and self.model.text_only:
             raise ValueError("lora.vision=true needs an image-text model, but model.text_only=true")
+        if self.method == "grpo":
+            per_step = self.train.batch_size * self.train.grad_accum
+            if per_step % self.grpo.num_generations:
+                raise ValueError(f"train.batch_size * train.grad_accum ({per_step}) must be a multiple of "
+                                 f"grpo.num_generations ({self.grpo.num_generations}): each prompt's answers "
+                                 "are generated together")
+            if self.train.packing or self.train.padding_free:
+                raise ValueError("method=grpo does not pack: set train.packing=false and train.padding_free=false")
+        elif self.model.adapter:
+            raise ValueError("model.adapter (start from an adapter) is read by method=grpo only")
         if (self.model.min_pixels and self.model.max_pixels and self.model.min_pixels > self.model.max_pixels):
             raise ValueError(f"model.min_pixels ({self.model.min_pixels}) > model.max_pixels ({self.model.max_pixels})")
         return self
@@ -182,12 +262,16 @@ def _apply_override(tree: dict, item: str) -> None:
     key = key.strip()
     known = _known_keys(TrainConfig)
     sections = {k.split(".")[0] for k in known if "." in k}
-    if key not in known and key not in sections:
+    mappings = ("rewards.weights.",)  # dict-valued keys: rewards.weights.au=0.5 sets one entry
+    if key not in known and key not in sections and not key.startswith(mappings):
         hint = difflib.get_close_matches(key, known, n=1)
         raise ConfigError(f"unknown config key {key!r} in override {item!r}"
                           + (f" (did you mean {hint[0]!r}?)" if hint else ""))
     node = tree
     parts = key.split(".")
+    if key.startswith(mappings) and "weights" not in tree.get("rewards", {}):
+        # One weight changed: the others keep their defaults.
+        tree.setdefault("rewards", {})["weights"] = dict(RewardsSection().weights)
     for part in parts[:-1]:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
@@ -206,7 +290,7 @@ def _explain(err: ValidationError, source: str) -> ConfigError:
         elif not e["loc"]:  # a cross-field rule of TrainConfig._consistent; its message names the keys
             lines.append(e["msg"].removeprefix("Value error, "))
         else:
-            lines.append(f"{key}: {e['msg']} (got {e.get('input')!r})")
+            lines.append(f"{key}: {e['msg'].removeprefix('Value error, ')} (got {e.get('input')!r})")
     return ConfigError(f"{source}: " + "; ".join(lines))
 
 

@@ -36,9 +36,8 @@ def read_fold(data_dir: Path, fold: int) -> list[str]:
     raise ConfigError(f"data.fold={fold} is not in {path} (folds: {sorted(f.get('fold') for f in folds)})")
 
 
-def load_train_eval(cfg):
-    """-> (train Dataset, eval Dataset or None, fingerprint dict). Only the columns training
-    reads are kept (`messages`, and `images` for the image-text variant)."""
+def select_rows(cfg):
+    """The rows of a run, every column kept: -> (DatasetDict on disk, train Dataset, eval Dataset or None)."""
     import datasets
 
     path = variant_dir(cfg)
@@ -64,6 +63,13 @@ def load_train_eval(cfg):
                           f"qtypes={cfg.data.qtypes})")
     if evals is not None and len(evals) == 0:
         evals = None
+    return dd, train, evals
+
+
+def load_train_eval(cfg):
+    """-> (train Dataset, eval Dataset or None, fingerprint dict). Only the columns training
+    reads are kept (`messages`, and `images` for the image-text variant)."""
+    dd, train, evals = select_rows(cfg)
     columns = ["messages"] if cfg.model.text_only else ["messages", "images"]
     if cfg.train.group_by_length and not cfg.model.text_only:  # the text path measures tokenized rows
         columns.append("length")

