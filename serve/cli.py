@@ -76,7 +76,8 @@ def serve(
             trained = next(iter(adapters.values()), Path(model) if Path(model).is_dir() else None)
             gw = GatewayConfig(upstream=cfg.url, model=names[-1], api_key=api_key, upstream_api_key=api_key,
                                media_root=media_root, **as_trained(trained, images, evidence))
-            typer.echo(f"ME gateway at http://{host}:{gateway_port} (model {gw.model}); try:\n"
+            typer.echo(f"ME gateway at http://{host}:{gateway_port} (model {gw.model}); its web page is at "
+                       f"http://{host}:{gateway_port}/; try:\n"
                        f"  mellm ask CLIP \"What is the coarse expression class?\" --endpoint http://{host}:{gateway_port}")
             _run_gateway(gw, host, gateway_port)  # returns on Ctrl-C / SIGTERM
         else:
@@ -111,7 +112,7 @@ def gateway(
     cfg = GatewayConfig(upstream=upstream, model=model, api_key=api_key, upstream_api_key=upstream_api_key,
                         media_root=media_root, max_upload_mb=max_upload_mb, request_timeout_s=timeout,
                         max_concurrency=concurrency, max_queue=queue, **as_trained(adapter_dir, images, evidence))
-    typer.echo(f"ME gateway at http://{host}:{port} -> {upstream} (model {model})")
+    typer.echo(f"ME gateway at http://{host}:{port} -> {upstream} (model {model}); web page: http://{host}:{port}/")
     _run_gateway(cfg, host, port)
 
 

@@ -148,3 +148,45 @@ def test_claims_mark_each_named_au_as_supported_or_not():
         {"au": 12, "name": "lip corner puller", "supported": False, "score": 0.2, "side": "L"},
         {"au": 23, "name": "lip tightener", "supported": False, "score": None, "side": None},
     ]
+
+
+def test_every_control_on_the_page_has_a_label():
+    """Keyboard and screen-reader use: each input, select and textarea is named by a <label>
+    (around it or pointing at it with `for`) or an aria-label; buttons say what they do."""
+    from html.parser import HTMLParser
+
+    class Controls(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.controls, self.label_for, self.open_labels, self.buttons = [], set(), 0, []
+            self._button = None
+
+        def handle_starttag(self, tag, attrs):
+            a = dict(attrs)
+            if tag == "label":
+                self.open_labels += 1
+                if "for" in a:
+                    self.label_for.add(a["for"])
+            elif tag in ("input", "select", "textarea"):
+                self.controls.append((a.get("id"), self.open_labels > 0 or "aria-label" in a))
+            elif tag == "button":
+                self._button = ""
+
+        def handle_endtag(self, tag):
+            if tag == "label":
+                self.open_labels -= 1
+            elif tag == "button":
+                self.buttons.append(self._button.strip())
+                self._button = None
+
+        def handle_data(self, data):
+            if self._button is not None:
+                self._button += data
+
+    page, _ = load_assets()
+    p = Controls()
+    p.feed(page.body.decode())
+    assert len(p.controls) >= 10
+    unlabelled = [cid for cid, wrapped in p.controls if not wrapped and cid not in p.label_for]
+    assert not unlabelled, unlabelled
+    assert p.buttons and all(p.buttons), p.buttons

@@ -35,10 +35,13 @@ RESULT_TIMEOUT_MS = 240_000
 @pytest.fixture(scope="module")
 def vllm_server(tmp_path_factory):
     from mellm.serve.vllm_server import ServerConfig, VLLMServer
-    from mellm.train.tiny_models import build_tiny_model
+    from mellm.train.tiny_models import build_random_adapter, build_tiny_model
 
+    # A random adapter on the tiny model, as in tests/test_serve.py: its answers are words (random
+    # ones), where the bare tiny model's greedy answers are white space.
     base = build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
-    cfg = ServerConfig(model=str(base), name="tiny", port=free_port(), max_model_len=2048)
+    adapter = build_random_adapter(base, tmp_path_factory.mktemp("adapter") / "me")
+    cfg = ServerConfig(model=str(base), adapters={"me": adapter}, name="tiny", port=free_port(), max_model_len=2048)
     with VLLMServer(cfg, log=tmp_path_factory.mktemp("vllm") / "vllm.log") as server:
         yield server
 
@@ -53,14 +56,15 @@ def clips(tmp_path_factory):
     uploads = tmp_path_factory.mktemp("uploads")
     (uploads / "clip.zip").write_bytes(zip_frames(root / corpus[0].frames_dir))
     (uploads / "blank.zip").write_bytes(zip_frames(blank))
+    (uploads / "huge.mkv").write_bytes(b"\0" * (9 << 20))  # the gateway takes 8 MiB
     return root, corpus, uploads
 
 
 @pytest.fixture(scope="module")
 def gateway(vllm_server, clips):
     root, _, _ = clips
-    cfg = GatewayConfig(upstream=vllm_server.cfg.url, model="tiny", api_key=KEY, media_root=root, max_tokens=24,
-                        perception=PerceptionSettings(flow="dis"))
+    cfg = GatewayConfig(upstream=vllm_server.cfg.url, model="me", api_key=KEY, media_root=root, max_tokens=24,
+                        max_upload_mb=8, perception=PerceptionSettings(flow="dis"))
     with serve_in_thread(create_app(cfg)) as url:
         yield url
 
@@ -142,7 +146,7 @@ def test_upload_a_clip_and_see_what_the_model_saw(browser, gateway, clips, shots
     c = corpus[0]
     requests: list[str] = []
     page = open_page(browser, gateway, DESKTOP, requests)
-    page.wait_for_selector("#connection:has-text('Connected: model tiny')")
+    page.wait_for_selector("#connection:has-text('Connected: model me')")
     page.check("#fixed-questions input[data-qtype=au_list]")
     page.select_option("#au-pick", label="AU4 brow lowerer")
     page.click("#add-au-question")
@@ -219,6 +223,12 @@ def test_a_bad_clip_shows_the_apis_reason(browser, gateway, clips):
     assert reply.value.status == 422
     page.wait_for_selector("#error:has-text('frame_range')")
     assert "apex frame 3 is not after onset frame 9" in page.inner_text("#error")
+    page.set_input_files("#file", str(uploads / "huge.mkv"))
+    with page.expect_response(lambda r: r.url.endswith("/v1/me/analyze")) as reply:
+        page.click("#analyse")
+    assert reply.value.status == 413
+    page.wait_for_selector("#error:has-text('HTTP 413')")
+    assert "exceeds the 8 MiB limit" in page.inner_text("#error")
     assert_only_the_gateway(requests, gateway)
     page.close()
 
