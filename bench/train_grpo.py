@@ -1,6 +1,6 @@
 """GRPO benchmark: does reinforcement fine-tuning with the AU-grounded rewards improve an SFT adapter?
 
-One run, one set of held-out clips (the test split's subjects, never trained on):
+One run, one set of held-out clips (the val and test splits' subjects, never trained on):
 1. MEU-Instruct from `mellm build-data` on synthetic clips; a tiny Qwen2.5-VL built offline.
 2. SFT (`mellm train`'s recipe) for a short budget: an adapter that has learnt part of the task.
 3. GRPO (`method: grpo`, configs/train/tiny_cpu_grpo.yaml) from that adapter, with the rewards of
@@ -110,6 +110,19 @@ def held_out_callback(rows, processor, every: int, curve: list):
     return HeldOut()
 
 
+def run_once(train, cfg):
+    """Train, or reuse the adapter a previous run with the same config left in --work."""
+    from types import SimpleNamespace
+
+    import yaml
+
+    saved = Path(cfg.output_dir) / "config.yaml"
+    if (Path(cfg.output_dir) / "adapter").is_dir() and saved.is_file() and \
+            yaml.safe_load(saved.read_text()) == cfg.model_dump(mode="json"):
+        return SimpleNamespace(adapter_dir=Path(cfg.output_dir) / "adapter", run_dir=Path(cfg.output_dir))
+    return train(cfg, progress=False)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--clips", type=int, default=72)
@@ -149,12 +162,13 @@ def main() -> None:
         sft_common = common + ["train.batch_size=8", "train.lr=2e-3", "train.warmup_ratio=0.0",
                                "data.eval_split=null", "data.qtypes=[coarse,fine,au_list]", "train.logging_steps=10"]
         t0 = time.time()
-        sft = train(load_config("tiny_cpu", sft_common + [f"output_dir={work / 'sft'}",
-                                                           f"train.max_steps={args.sft_steps}",
-                                                           f"train.save_steps={args.sft_steps}"]), progress=False)
+        sft = run_once(train, load_config("tiny_cpu", sft_common + [
+            f"output_dir={work / 'sft'}", f"train.max_steps={args.sft_steps}", f"train.save_steps={args.sft_steps}"]))
         sft_s = time.time() - t0
 
-        test = datasets.load_from_disk(str(data / "hf"))["test"]
+        # Held out: the val and test subjects (SFT and GRPO here train on the train split only).
+        dd = datasets.load_from_disk(str(data / "hf"))
+        test = datasets.concatenate_datasets([dd[s] for s in ("val", "test") if s in dd])
         coarse_rows = [r for r in test if r["qtype"] == "coarse"]
         au_rows = [r for r in test if r["qtype"] == "au_list"]
 
@@ -183,14 +197,15 @@ def main() -> None:
 
         # The control: the same SFT run given the extra steps (continuing from its checkpoint).
         t0 = time.time()
-        more = train(load_config("tiny_cpu", sft_common + [
+        more = run_once(train, load_config("tiny_cpu", sft_common + [
             f"output_dir={work / 'sft_more'}", f"train.max_steps={args.sft_steps + args.grpo_steps}",
-            f"train.save_steps={args.sft_steps + args.grpo_steps}"]), progress=False)
+            f"train.save_steps={args.sft_steps + args.grpo_steps}"]))
         more_s = time.time() - t0
         model, processor = load(model_dir, more.adapter_dir)
         sft_more = {"coarse": coarse_scores(model, processor, coarse_rows),
                     "aus": au_scores(model, processor, au_rows, data)}
-        held_out_subjects = json.loads((data / "splits.json").read_text())["holdout"]["test"]
+        holdout = json.loads((data / "splits.json").read_text())["holdout"]
+        held_out_subjects = holdout["val"] + holdout["test"]
 
     k = max(1, len(rewards) // 5)
     first, last = (sum(r for _, r in rewards[:k]) / k, sum(r for _, r in rewards[-k:]) / k)
@@ -217,7 +232,7 @@ def main() -> None:
         f"SFT: {args.sft_steps} steps of batch 8 (coarse, fine, AU-list questions), {sft_s:.0f} s. GRPO from that "
         f"adapter: {args.grpo_steps} steps of {args.prompts} prompts x {args.generations} sampled answers "
         f"(temperature {args.temperature}, lr {args.grpo_lr}; coarse and AU-list questions; reward weights "
-        f"{grpo_cfg.rewards.weights}), {grpo_s:.0f} s. Held out: the test split's subjects "
+        f"{grpo_cfg.rewards.weights}), {grpo_s:.0f} s. Held out: the val and test splits' subjects "
         f"({len(coarse_rows)} coarse questions, {len(au_rows)} AU-list questions); every adapter is reloaded "
         "from disk and answers greedily.", "",
         "| adapter | coarse accuracy | UF1 | UAR | AU micro F1 | AU mean set F1 | claimed AUs the evidence supports |",

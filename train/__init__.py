@@ -10,6 +10,8 @@ Modules, one job each:
   speed.py        the step-time optimisations our recipe applies on top of SFTTrainer
   rundir.py       the run directory: resolved config, versions, fingerprint, metrics, resume point
   recipe.py       the one SFT recipe: data, model, LoRA/QLoRA, SFTTrainer, run directory
+  rewards.py      GRPO rewards: pure functions of an answer, its labels and the clip's measured motion
+  grpo.py         the GRPO recipe (method: grpo): GRPOTrainer, from an SFT adapter or a fresh LoRA
   merge.py        adapter -> merged full model; export of what vLLM needs
   tiny_models.py  tiny random Qwen2.5-VL / Qwen2-VL / Qwen3-VL / Qwen2 models, built offline
   cli.py          the `mellm train|merge|export|tiny-model` commands
