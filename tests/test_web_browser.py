@@ -49,12 +49,14 @@ def vllm_server(tmp_path_factory):
 @pytest.fixture(scope="module")
 def clips(tmp_path_factory):
     root = tmp_path_factory.mktemp("media")
-    corpus = generate_corpus(root, n=2, seed=31, config=SynthConfig(n_frames=14, width=320, height=240, face_iod=60))
+    corpus = generate_corpus(root, n=2, seed=31, config=SynthConfig(n_frames=14, width=320, height=240, face_iod=60,
+                                                                    fmt="both"))  # frames and a lossless video
     blank = tmp_path_factory.mktemp("blank")
     for i in range(1, 4):
         cv2.imwrite(str(blank / f"img{i}.png"), np.full((120, 160, 3), 90, np.uint8))
     uploads = tmp_path_factory.mktemp("uploads")
     (uploads / "clip.zip").write_bytes(zip_frames(root / corpus[0].frames_dir))
+    shutil.copy(root / corpus[0].video, uploads / "clip.mkv")
     (uploads / "blank.zip").write_bytes(zip_frames(blank))
     (uploads / "huge.mkv").write_bytes(b"\0" * (9 << 20))  # the gateway takes 8 MiB
     return root, corpus, uploads
@@ -86,16 +88,36 @@ def shots(tmp_path) -> Path:
     return out
 
 
-def open_page(browser, gateway, viewport, requests: list[str], key: str = KEY):
+def new_page(browser, gateway, viewport, requests: list[str]):
+    """A page at the gateway, recording every request it makes; the page and its files must arrive
+    with their content types and caching headers, as the browser saw them."""
     page = browser.new_page(viewport=viewport)
     page.on("request", lambda r: requests.append(r.url))
+    # A script error, or anything the Content-Security-Policy blocked, fails the test at its end.
+    page.on("pageerror", lambda e: requests.append(f"script error: {e}"))
+    page.on("console", lambda m: "Content Security Policy" in m.text and requests.append(f"CSP: {m.text}"))
+    seen = {}
+    page.on("response", lambda r: seen.setdefault(r.url.split("?")[0].removeprefix(gateway), r.headers))
     page.goto(gateway + "/")
+    page.wait_for_load_state("load")
+    expected = {"/": ("text/html; charset=utf-8", "no-cache"),
+                "/ui/app.js": ("text/javascript; charset=utf-8", "public, max-age=31536000, immutable"),
+                "/ui/style.css": ("text/css; charset=utf-8", "public, max-age=31536000, immutable")}
+    for path, (kind, cache) in expected.items():
+        assert (seen[path]["content-type"], seen[path]["cache-control"]) == (kind, cache), path
+    assert "connect-src 'self'" in seen["/"]["content-security-policy"]
+    return page
+
+
+def open_page(browser, gateway, viewport, requests: list[str], key: str = KEY):
+    page = new_page(browser, gateway, viewport, requests)
     page.fill("#api-key", key)
     page.click("#key-form button[type=submit]")
     return page
 
 
 def assert_only_the_gateway(requests: list[str], gateway: str):
+    """Every request the page made went to the gateway (or was a data: URL); no script error, no CSP refusal."""
     outside = [u for u in requests if not (u.startswith(gateway + "/") or u.startswith("data:"))]
     assert requests and not outside, outside
 
@@ -150,7 +172,7 @@ def test_upload_a_clip_and_see_what_the_model_saw(browser, gateway, clips, shots
     page.check("#fixed-questions input[data-qtype=au_list]")
     page.select_option("#au-pick", label="AU4 brow lowerer")
     page.click("#add-au-question")
-    page.set_input_files("#file", str(uploads / "clip.zip"))
+    page.set_input_files("#file", str(uploads / "clip.mkv"))  # a video, decoded by the gateway
     page.fill("#onset", str(c.onset_frame))
     page.fill("#apex", str(c.apex_frame))
     reply = analyse(page)
@@ -159,7 +181,7 @@ def test_upload_a_clip_and_see_what_the_model_saw(browser, gateway, clips, shots
         "What is the coarse expression class?", "What are the action units?",
         "Please analyse the micro-expression shown in this video in detail.",
         "Is the action unit brow lowerer shown on the face?"]
-    assert page.inner_text("#r-clip") == "clip.zip"
+    assert page.inner_text("#r-clip") == "clip.mkv"
     summary = page.inner_text("#summary")
     assert f"{c.apex_frame} (given)" in summary
     planted = {a["au"] for a in c.aus if a["amplitude_px"] >= 0.5}
@@ -174,9 +196,7 @@ def test_pick_a_clip_under_the_media_root_by_keyboard_at_a_phone_width(browser, 
     root, corpus, _ = clips
     c = corpus[1]
     requests: list[str] = []
-    page = browser.new_page(viewport=PHONE)
-    page.on("request", lambda r: requests.append(r.url))
-    page.goto(gateway + "/")
+    page = new_page(browser, gateway, PHONE, requests)
     page.focus("#api-key")
     page.keyboard.type(KEY)
     page.keyboard.press("Enter")  # the key form submits from the keyboard
