@@ -102,6 +102,31 @@ def synth(
     generate_corpus(out, n=n, seed=seed, config=cfg, progress=True)
 
 
+@app.command("flow-data")
+@user_errors
+def flow_data(
+    out: Path = typer.Option(..., help="Output folder: train/ and heldout/ shards, flow_data.json, README.md (the card)."),
+    seed: int = typer.Option(0, help="Random seed; the same seed and settings give the same shards."),
+    n_train: int = typer.Option(2048, help="Training pairs (astronaut-derived identities)."),
+    n_heldout: int = typer.Option(256, help="Held-out pairs (Grace Hopper identities, never trained on)."),
+    size: int = typer.Option(256, help="Canonical crop side in pixels (perception's crop_size)."),
+    shard_size: int = typer.Option(128, help="Pairs per shard."),
+    train_identities: int = typer.Option(48, help="Identities made from the tuning photo."),
+    heldout_identities: int = typer.Option(8, help="Identities made from the held-out photo."),
+    workers: int = typer.Option(1, help="Processes writing shards."),
+):
+    """Onset-apex face-crop pairs with exact facial, head and expression flow, as shards a trainer streams.
+
+    Expression motion comes from FACS-like AU displacement fields (0.05-2 px), head motion from similarity transforms, appearance from many identities, blur, noise, flicker and JPEG. A rerun resumes: shards already written are kept.
+    """
+    from mellm.meflow.data import FlowDataConfig, write_flow_data
+
+    cfg = FlowDataConfig(size=size, n_train=n_train, n_heldout=n_heldout, shard_size=shard_size,
+                         train_identities=train_identities, heldout_identities=heldout_identities)
+    manifest = write_flow_data(out, cfg, seed=seed, workers=workers, progress=True)
+    typer.echo(f"wrote {len(manifest['checksums'])} shards ({n_train} train, {n_heldout} held-out pairs) to {out}", err=True)
+
+
 @app.command()
 @user_errors
 def analyze(

@@ -241,7 +241,7 @@ def clip_base(clip: SynthClip) -> tuple[np.ndarray, np.ndarray]:
 # --- displacement fields ----------------------------------------------------------------------
 
 
-def _bumps_for(aus: list[dict], landmarks: np.ndarray) -> list[Bump]:
+def bumps_for(aus: list[dict], landmarks: np.ndarray) -> list[Bump]:
     iod = float(np.linalg.norm(landmarks[36:42].mean(0) - landmarks[42:48].mean(0)))
     bumps = []
     for a in aus:
@@ -431,7 +431,7 @@ def render_clip(clip: SynthClip, out_dir: Path, fmt: str, seed: int) -> SynthCli
     its bumps and paths."""
     b = clip.base
     base, landmarks = clip_base(clip)
-    clip.bumps = _bumps_for(clip.aus, landmarks)
+    clip.bumps = bumps_for(clip.aus, landmarks)
     field_ = displacement_field(clip.bumps, b["width"], b["height"])
     rng = np.random.default_rng(seed)
     frames = (render_frame(clip, f, base, field_, rng, landmarks) for f in range(1, clip.n_frames + 1))
