@@ -14,7 +14,8 @@ def build_data(
     root: list[Path] = typer.Option(..., help="The dataset's folder (annotation file and frames); one per --dataset."),
     out: Path = typer.Option(..., help="Output folder for the MEU-Instruct dataset."),
     workers: int = typer.Option(1, min=1, help="Perception processes (one clip each)."),
-    flow: str = typer.Option("tvl1", help="Optical flow: tvl1, dis or farneback."),
+    flow: str = typer.Option("tvl1", help="Optical flow: tvl1, dis, farneback or meflownet (learned; needs --flow-checkpoint)."),
+    flow_checkpoint: Optional[Path] = typer.Option(None, help="meflownet: a `mellm train-flow` run directory or its model/meflownet.pt."),
     questions: Optional[Path] = typer.Option(None, help="--dataset megc: the MEGC question file with answers."),
     cache: Optional[Path] = typer.Option(None, help="Perception cache folder (default OUT/cache); share it between builds."),
     images: str = typer.Option("onset,apex,flow", help="Images per sample, in order: onset, apex, flow."),
@@ -45,7 +46,8 @@ def build_data(
     if unknown:
         raise MellmError(f"--images: unknown image role(s) {', '.join(unknown)}; known: {', '.join(IMAGE_ROLE_TEXT)}")
     cfg = BuildConfig(
-        datasets=list(zip(dataset, root)), out=out, workers=workers, perception=PerceptionSettings(flow=flow),
+        datasets=list(zip(dataset, root)), out=out, workers=workers, perception=PerceptionSettings(
+            flow=flow, flow_checkpoint=None if flow_checkpoint is None else str(flow_checkpoint.resolve())),
         prompt=PromptOptions(roles, evidence),
         samples=SampleOptions(negatives=negatives, seed=seed), cache=cache, questions=questions, limit=limit,
         exports=exports,

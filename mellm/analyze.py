@@ -24,7 +24,7 @@ from mellm.describe import describe
 from mellm.errors import ConfigError, FrameRangeError, NoFaceError
 from mellm.evidence import SCHEMA_VERSION, Evidence
 from mellm.face import get_face_backend
-from mellm.flow import get_flow, optical_strain, remove_head_motion
+from mellm.flow import expression_flow, get_flow, optical_strain
 from mellm.flowviz import flow_colour_map, magnitude_overlay
 from mellm.prompts import IMAGE_ROLES
 from mellm.regions import nose_mask, region_masks, region_shapes, region_stats, stable_mask
@@ -35,7 +35,8 @@ from mellm.video import ClipLimits, open_clip
 
 @dataclass(frozen=True)
 class PerceptionSettings:
-    flow: str = "tvl1"  # tvl1 | dis | farneback (or a registered backend)
+    flow: str = "tvl1"  # tvl1 | dis | farneback | meflownet (or a registered backend)
+    flow_checkpoint: str | None = None  # a learned backend's checkpoint (meflownet: a `mellm train-flow` run)
     crop_size: int = 256
     # How the apex frame is registered to the onset (register.frame_to_crop): auto | landmarks | onset.
     # Measured on synthetic clips: with small head drift, landmark jitter makes "landmarks" worse
@@ -57,6 +58,17 @@ class PerceptionSettings:
                                    ("face_backend", self.face_backend, FACE_BACKENDS)):
             if value not in known:
                 raise ConfigError(f"perception setting {name}={value!r}: known values are {', '.join(sorted(known))}")
+        from mellm.flow import CHECKPOINT_BACKENDS
+
+        learned = sorted({self.flow, self.spot_flow} & CHECKPOINT_BACKENDS)
+        if learned and self.flow_checkpoint is None:
+            raise ConfigError(f"perception setting flow/spot_flow={learned[0]} needs flow_checkpoint (--flow-checkpoint RUN)")
+        if self.flow_checkpoint is not None:
+            if not learned:
+                raise ConfigError(f"flow_checkpoint={self.flow_checkpoint!r} is set but flow={self.flow!r} takes none")
+            from mellm.meflow.backend import load_checkpoint
+
+            load_checkpoint(self.flow_checkpoint)  # a missing or incompatible file fails here, before any work
         if self.crop_size < 64 or self.spot_size < 32:
             raise ConfigError(f"crop_size {self.crop_size} / spot_size {self.spot_size} are too small (>= 64 / >= 32)")
 
@@ -65,7 +77,12 @@ class PerceptionSettings:
 
     def key(self) -> str:
         """Stable hash of the settings, the engine version and the Evidence schema, for caches."""
-        blob = json.dumps({**self.to_dict(), "mellm": __version__, "schema": SCHEMA_VERSION}, sort_keys=True)
+        extra = {}
+        if self.flow_checkpoint is not None:  # the same path may hold a retrained model
+            from mellm.meflow.backend import checkpoint_digest
+
+            extra["checkpoint_sha"] = checkpoint_digest(self.flow_checkpoint)
+        blob = json.dumps({**self.to_dict(), **extra, "mellm": __version__, "schema": SCHEMA_VERSION}, sort_keys=True)
         return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
 
@@ -155,7 +172,8 @@ def analyze_clip(source: str | Path, onset: int | None = None, apex: int | None 
         if last <= onset:
             raise FrameRangeError(f"no frames after onset frame {onset} in {clip.path} to spot an apex in")
         with timer("spot"):
-            spotted = motion_curve(clip, onset, onset_rgb, last, canon, s.spot_size, s.spot_flow, s.head_motion)
+            spotted = motion_curve(clip, onset, onset_rgb, last, canon, s.spot_size, s.spot_flow, s.head_motion,
+                                   checkpoint=s.flow_checkpoint)
     given_apex = apex is not None
     if not given_apex:
         apex = spotted.apex
@@ -166,11 +184,12 @@ def analyze_clip(source: str | Path, onset: int | None = None, apex: int | None 
         to_crop_apex, used_landmarks = frame_to_crop(canon, face.landmarks, apex_lm, s.register)
         onset_crop = warp(cv2.cvtColor(onset_rgb, cv2.COLOR_RGB2GRAY), canon.matrix, s.crop_size)
         apex_crop = warp(cv2.cvtColor(apex_rgb, cv2.COLOR_RGB2GRAY), to_crop_apex, s.crop_size)
+    lm, size, iod = canon.landmarks, s.crop_size, canon.iod
     with timer("flow"):
-        flow = get_flow(s.flow)(onset_crop, apex_crop)
+        # A backend with its own head flow (meflownet) replaces the head-motion removal.
+        flow, head = expression_flow(get_flow(s.flow, s.flow_checkpoint), onset_crop, apex_crop,
+                                     stable_mask(lm, size, iod), nose_mask(lm, size, iod), s.head_motion)
     with timer("regions"):
-        lm, size, iod = canon.landmarks, s.crop_size, canon.iod
-        flow, head = remove_head_motion(flow, stable_mask(lm, size, iod), nose_mask(lm, size, iod), s.head_motion)
         stats = region_stats(flow, optical_strain(flow), region_masks(lm, size, iod))
     with timer("aus"):
         scored = score_aus(stats)

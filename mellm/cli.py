@@ -127,6 +127,38 @@ def flow_data(
     typer.echo(f"wrote {len(manifest['checksums'])} shards ({n_train} train, {n_heldout} held-out pairs) to {out}", err=True)
 
 
+@app.command("train-flow")
+@user_errors
+def train_flow(
+    config: Path = typer.Option(..., "--config", help="Flow training config: a YAML file or a packaged name (tiny_cpu, base_gpu)."),
+    overrides: Optional[list[str]] = typer.Argument(None, help="key=value overrides, e.g. data=DIR output_dir=runs/x train.steps=500"),
+    dry_run: bool = typer.Option(False, help="Check the config and the data, print the config; train nothing."),
+    quiet: bool = typer.Option(False, help="No progress bar."),
+):
+    """Train the MEFlowNet-lite flow network on `mellm flow-data` shards. Multi-GPU: accelerate launch -m mellm.cli train-flow ...
+
+    Writes RUN/config.yaml, metrics.jsonl, tensorboard/, checkpoint-N/ (resumed with train.resume=auto) and RUN/model/meflownet.pt, which `--flow meflownet --flow-checkpoint RUN` uses.
+    """
+    import yaml
+
+    from mellm.meflow.train import load_config
+
+    cfg = load_config(config, list(overrides or []))
+    if dry_run:
+        from mellm.meflow.data import load_manifest
+
+        if cfg.data is None:
+            raise typer.BadParameter("set data=DIR")
+        manifest = load_manifest(cfg.data)
+        typer.echo(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        typer.echo(f"data ok: {manifest['counts']}", err=True)
+        return
+    from mellm.meflow.train import train
+
+    run = train(cfg, progress=not quiet)
+    typer.echo(f"wrote {run / 'model' / 'meflownet.pt'}", err=True)
+
+
 @app.command()
 @user_errors
 def analyze(
@@ -135,7 +167,8 @@ def analyze(
     onset: Optional[int] = typer.Option(None, help="Onset frame, numbered as the annotation files do. Default: the first frame."),
     apex: Optional[int] = typer.Option(None, help="Apex frame. Default: spotted from the motion curve."),
     offset: Optional[int] = typer.Option(None, help="Offset frame; bounds apex spotting."),
-    flow: str = typer.Option("tvl1", help="Optical flow: tvl1, dis or farneback."),
+    flow: str = typer.Option("tvl1", help="Optical flow: tvl1, dis, farneback or meflownet (learned; needs --flow-checkpoint)."),
+    flow_checkpoint: Optional[Path] = typer.Option(None, help="meflownet: a `mellm train-flow` run directory or its model/meflownet.pt."),
     fps: Optional[float] = typer.Option(None, help="Frame rate of a frame folder (videos carry their own)."),
 ):
     """Motion evidence for one clip: regions, Action Units, description and flow colour map."""
@@ -145,7 +178,7 @@ def analyze(
         raise ConfigError(f"--out {out} is a file, not a folder")
 
     result = analyze_clip(clip, onset=onset, apex=apex, offset=offset, fps=fps,
-                          settings=PerceptionSettings(flow=flow))
+                          settings=PerceptionSettings(flow=flow, flow_checkpoint=None if flow_checkpoint is None else str(flow_checkpoint.resolve())))
     save_analysis(result, out)
     typer.echo(result.evidence.description)
     typer.echo(f"\nwrote {out / 'evidence.json'}, {out / 'flow.png'}, {out / 'description.txt'}", err=True)

@@ -85,16 +85,28 @@ class Farneback:
         return cv2.calcOpticalFlowFarneback(prev, nxt, None, 0.5, self.levels, self.winsize, self.iterations, 5, 1.1, 0)
 
 
-FLOW_BACKENDS: dict[str, Callable[[], FlowBackend]] = {"tvl1": TVL1, "dis": DIS, "farneback": Farneback}
+def _meflownet(checkpoint: str | None = None) -> FlowBackend:
+    from mellm.meflow.backend import MEFlowBackend  # torch, only when asked for
+
+    return MEFlowBackend(checkpoint)
 
 
-def register_flow_backend(name: str, factory: Callable[[], FlowBackend]) -> None:
+FLOW_BACKENDS: dict[str, Callable[..., FlowBackend]] = {"tvl1": TVL1, "dis": DIS, "farneback": Farneback,
+                                                        "meflownet": _meflownet}
+CHECKPOINT_BACKENDS = {"meflownet"}  # learned backends: their factory takes checkpoint=PATH
+
+
+def register_flow_backend(name: str, factory: Callable[..., FlowBackend], takes_checkpoint: bool = False) -> None:
     FLOW_BACKENDS[name] = factory
+    if takes_checkpoint:
+        CHECKPOINT_BACKENDS.add(name)
 
 
-def get_flow(name: str) -> FlowBackend:
+def get_flow(name: str, checkpoint: str | None = None) -> FlowBackend:
     if name not in FLOW_BACKENDS:
         raise ValueError(f"unknown flow method {name!r}; known: {', '.join(sorted(FLOW_BACKENDS))}")
+    if name in CHECKPOINT_BACKENDS:
+        return FLOW_BACKENDS[name](checkpoint=checkpoint)
     return FLOW_BACKENDS[name]()
 
 
@@ -139,6 +151,21 @@ def remove_head_motion(flow: np.ndarray, stable: np.ndarray, nose: np.ndarray, m
         raise ValueError(f"unknown head-motion method {method!r}; known: affine, median, nose, none")
     mean_px = float(np.linalg.norm(field_[stable], axis=-1).mean())
     return (flow - field_).astype(np.float32), HeadMotion(method, params, mean_px)
+
+
+def expression_flow(backend: FlowBackend, prev: np.ndarray, nxt: np.ndarray, stable: np.ndarray, nose: np.ndarray,
+                    method: str = "affine") -> tuple[np.ndarray, HeadMotion]:
+    """Flow from prev to next with head motion taken out: by the backend's own head flow when it
+    has one (`decompose`, e.g. meflownet), else by remove_head_motion(method). "none" keeps it all."""
+    decompose = getattr(backend, "decompose", None)
+    if decompose is not None and method != "none":
+        facial, head = decompose(prev, nxt)
+        if head is not None:
+            t = head[stable].mean(0)
+            mean_px = float(np.linalg.norm(head[stable], axis=-1).mean())
+            return (facial - head).astype(np.float32), HeadMotion(f"{backend.name}-head", [float(t[0]), float(t[1])], mean_px)
+        return remove_head_motion(facial, stable, nose, method)
+    return remove_head_motion(backend(prev, nxt), stable, nose, method)
 
 
 def _robust_affine(flow: np.ndarray, mask: np.ndarray, iterations: int = 4, step: int = 2) -> tuple[np.ndarray, list[float]]:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from mellm.flow import get_flow, remove_head_motion
+from mellm.flow import CHECKPOINT_BACKENDS, expression_flow, get_flow
 from mellm.regions import face_mask, nose_mask, stable_mask
 from mellm.register import Canonical, warp
 from mellm.video import Clip
@@ -36,21 +36,21 @@ class MotionCurve:
 
 
 def motion_curve(clip: Clip, onset: int, onset_rgb: np.ndarray, last: int, canon: Canonical, size: int = 128,
-                 method: str = "dis", head_motion: str = "affine", batch: int = 32) -> MotionCurve:
+                 method: str = "dis", head_motion: str = "affine", batch: int = 32,
+                 checkpoint: str | None = None) -> MotionCurve:
     """The curve over frames onset+1..last; `onset_rgb` is frame `onset`, already decoded by the caller."""
     scale = size / canon.size
     matrix = canon.matrix * scale
     lm = canon.landmarks * scale
     iod = canon.iod * scale
     fmask, smask, nmask = face_mask(lm, size, iod), stable_mask(lm, size, iod), nose_mask(lm, size, iod)
-    flow_fn = get_flow(method)
+    flow_fn = get_flow(method, checkpoint if method in CHECKPOINT_BACKENDS else None)
     onset_crop = warp(_gray(onset_rgb), matrix, size)
     frames = clip.numbers_between(onset + 1, last)
     mags = []
     for start in range(0, len(frames), batch):  # bounded memory for long clips
         for img in clip.read_many(frames[start:start + batch]):
-            flow = flow_fn(onset_crop, warp(_gray(img), matrix, size))
-            flow, _ = remove_head_motion(flow, smask, nmask, head_motion)
+            flow, _ = expression_flow(flow_fn, onset_crop, warp(_gray(img), matrix, size), smask, nmask, head_motion)
             m = np.linalg.norm(flow[fmask], axis=-1)
             k = max(1, int(TOP_FRACTION * m.size))
             mags.append(float(np.partition(m, m.size - k)[-k:].mean()))
