@@ -15,14 +15,17 @@ from mellm.meflow.data import FlowDataConfig, write_flow_data
 from mellm.meflow.model import MEFlowConfig, MEFlowNet, build_model, load_model, save_model
 from mellm.meflow.train import load_config, train
 
+# Still heads and clear expressions: the test checks that the tiny config learns, not how well
+# (bench/flow.py measures that on the full distribution).
 TINY_DATA = dict(size=64, n_train=32, n_heldout=8, shard_size=16, train_identities=2, heldout_identities=1,
-                 amplitude=(0.3, 2.0))
+                 amplitude=(0.5, 2.0), head_fraction=0.0)
 
 
 def _tiny_train(data, out, steps: int, *extra: str):
     cfg = load_config("tiny_cpu", [f"data={data}", f"output_dir={out}", f"train.steps={steps}", "train.crop=0",
                                    "train.batch_size=4", f"train.eval_every={steps}", "train.eval_pairs=8",
-                                   "train.save_every=30", "train.log_every=5", "train.warmup_steps=5", *extra])
+                                   "train.save_every=30", "train.log_every=5", "train.warmup_steps=5", "train.threads=1",
+                                   *extra])
     return train(cfg, progress=False)
 
 
@@ -33,6 +36,7 @@ def flow_data(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow  # ~1 min on a quiet 2-core machine, several on a busy one
 def test_tiny_config_learns_beats_zero_flow_and_resumes(flow_data, tmp_path):
     run = _tiny_train(flow_data, tmp_path / "run", 60)
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

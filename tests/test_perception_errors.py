@@ -116,7 +116,7 @@ def test_unknown_perception_settings_are_refused_up_front():
     from mellm.analyze import PerceptionSettings
     from mellm.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="flow='raft'.*dis, farneback, tvl1"):
+    with pytest.raises(ConfigError, match="flow='raft'.*dis, farneback, meflownet, tvl1"):
         PerceptionSettings(flow="raft")
     with pytest.raises(ConfigError, match="head_motion='rigid'"):
         PerceptionSettings(head_motion="rigid")

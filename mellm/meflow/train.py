@@ -2,7 +2,8 @@
 
 Sequence loss over the iterations (weight gamma^(N-i-1)): Charbonnier EPE of the facial flow (or,
 with model.uncertainty, a mixture-of-Laplace NLL, SEA-RAFT style), of the head flow and, weighted
-up because it is what perception uses, of the expression flow inside the face, plus
+up because it is what perception uses, of the expression flow inside the face and inside the
+AU (landmark) regions, plus
 0.5 * (1 - cos) between predicted and true expression flow inside the AU (landmark) regions.
 
 One process or many (accelerate launch -m mellm.cli train-flow ...). The run directory, like
@@ -10,7 +11,7 @@ One process or many (accelerate launch -m mellm.cli train-flow ...). The run dir
 
     RUN/config.yaml         the resolved config          RUN/metrics.jsonl   one line per log / eval
     RUN/versions.json       libraries, git commit, device RUN/tensorboard/   the same for TensorBoard
-    RUN/checkpoint-N/       model.pt, optimizer.pt, state.json (resume: train.resume=auto)
+    RUN/checkpoint-N/       meflownet.pt, optimizer.pt, state.json (resume: train.resume=auto)
     RUN/model/meflownet.pt  the final model, what `--flow meflownet --flow-checkpoint RUN` loads
 """
 
@@ -32,7 +33,7 @@ import yaml
 
 from mellm.errors import ConfigError
 from mellm.meflow.data import AU_BIT, FACE_BIT, affine_field, load_manifest, read_shard, shard_paths
-from mellm.meflow.model import MEFlowConfig, MEFlowNet, build_model, n_parameters, save_model
+from mellm.meflow.model import MODEL_FILE, MEFlowConfig, MEFlowNet, build_model, n_parameters, save_model
 
 
 @dataclass
@@ -283,7 +284,9 @@ def sequence_loss(steps: list[dict], batch: dict, t: TrainSettings) -> tuple[tor
             continue
         head = torch.sqrt(((s["head"] - batch["head"]) ** 2).sum(1) + eps2).mean()
         expr_epe = torch.sqrt(((s["expression"] - batch["expression"]) ** 2).sum(1, keepdim=True) + eps2)
-        expr = _masked_mean(expr_epe, batch["face"])
+        # Over the face, and again inside the AU regions: most face pixels do not move, and a
+        # face-wide mean alone lets the network learn "no expression" first and slowly.
+        expr = _masked_mean(expr_epe, batch["face"]) + _masked_mean(expr_epe, batch["roi"] & batch["face"])
         cos = F.cosine_similarity(s["expression"], batch["expression"], dim=1, eps=1e-6).unsqueeze(1)
         angular = _masked_mean(0.5 * (1 - cos), moving)
         total = total + w * (facial + t.head_weight * head + t.expression_weight * expr + t.angular_weight * angular)
@@ -359,7 +362,7 @@ def train(cfg: FlowTrainConfig, progress: bool = True) -> Path:
     step = 0
     if resume is not None:
         state = json.loads((resume / "state.json").read_text())
-        acc.unwrap_model(model).load_state_dict(torch.load(resume / "model.pt", map_location="cpu")["state_dict"])
+        acc.unwrap_model(model).load_state_dict(torch.load(resume / MODEL_FILE, map_location="cpu")["state_dict"])
         opt.load_state_dict(torch.load(resume / "optimizer.pt", map_location="cpu"))
         sched.load_state_dict(state["scheduler"])
         step = state["step"]
