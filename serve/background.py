@@ -16,13 +16,14 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 @contextmanager
-def serve_in_thread(app, host: str = "127.0.0.1", port: int = 0, lifespan: str = "on"):
-    """Serve `app` until the block ends; yields its base URL. Port 0 picks a free one."""
+def serve_in_thread(app, host: str = "127.0.0.1", port: int = 0, lifespan: str = "on", **options):
+    """Serve `app` until the block ends; yields its base URL. Port 0 picks a free one. `options`:
+    more uvicorn settings (the gateway's: GatewayConfig.uvicorn_options())."""
     import uvicorn
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind((host, port))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan=lifespan))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan=lifespan, **options))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.time() + 30

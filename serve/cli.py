@@ -30,7 +30,7 @@ def _run_gateway(cfg, host: str, port: int) -> None:
 
     from mellm.serve.gateway import create_app
 
-    uvicorn.run(create_app(cfg), host=host, port=port, log_level="warning")
+    uvicorn.run(create_app(cfg), host=host, port=port, log_level="warning", **cfg.uvicorn_options())
 
 
 def serve(
@@ -105,13 +105,21 @@ def gateway(
     timeout: float = typer.Option(120, help="Per-request time limit, seconds."),
     concurrency: int = typer.Option(2, help="Clips analysed at once."),
     queue: int = typer.Option(8, help="Requests that may wait; more get HTTP 429."),
+    max_frames: int = typer.Option(2000, min=2, help="Most frames a clip may have (checked before decoding)."),
+    max_megapixels: float = typer.Option(8.85, min=0.01, help="Most pixels per frame, in millions (4096x2160 = 8.85)."),
+    max_questions: int = typer.Option(16, min=1, help="Most questions in one analyze request."),
+    allow_media_host: list[str] = typer.Option([], help="A host whose image/video URLs chat requests may name "
+                                                        "(repeatable). Default: none; images must be sent inline."),
 ):
     """Run only the ME gateway, in front of a vLLM server that is already running."""
     from mellm.serve.gateway import GatewayConfig, as_trained
 
     cfg = GatewayConfig(upstream=upstream, model=model, api_key=api_key, upstream_api_key=upstream_api_key,
                         media_root=media_root, max_upload_mb=max_upload_mb, request_timeout_s=timeout,
-                        max_concurrency=concurrency, max_queue=queue, **as_trained(adapter_dir, images, evidence))
+                        max_concurrency=concurrency, max_queue=queue, max_frames=max_frames,
+                        max_frame_pixels=int(max_megapixels * 1e6), max_questions=max_questions,
+                        allowed_media_hosts=tuple(h.strip().lower() for h in allow_media_host if h.strip()),
+                        **as_trained(adapter_dir, images, evidence))
     typer.echo(f"ME gateway at http://{host}:{port} -> {upstream} (model {model}); web page: http://{host}:{port}/")
     _run_gateway(cfg, host, port)
 

@@ -7,20 +7,25 @@ POST /v1/chat/completions, GET /v1/models    passed through to vLLM
 GET  /health           the gateway and vLLM, separately
 GET  /                 a web page to look at a clip, and /v1/me/info, /v1/me/media for it (serve/web.py)
 
-Limits: upload size (413), per-request time (504), concurrency (requests beyond the running and
-queued ones get 429 at once), API key (401). A bad clip is a 4xx with the reason; vLLM down is a
-503. The gateway keeps serving through all of them. Requests and replies follow serve/contract.py;
+Limits (defaults in GatewayConfig; the README's threat model lists them all): the API key before
+any body is read (401); body size per route (413); frames and pixels per frame from the headers,
+before decoding (413); questions per request and answer length (422); per-request time (504, and
+the perception process is killed: serve/workers.py); concurrency (requests beyond the running and
+queued ones get 429 at once); stalled bodies (408) and silent connections (closed: serve/guard.py).
+A bad clip is a 4xx with the reason; vLLM down is a 503, vLLM failing or answering nonsense a 502.
+Remote media in a passed-through chat request is refused unless the operator allows its host.
+The gateway keeps serving through all of them. Requests and replies follow serve/contract.py;
 every error is OpenAI-style JSON. Each request is logged in one line (logger "mellm.gateway").
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import shutil
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -29,14 +34,18 @@ import httpx
 from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mellm.analyze import PerceptionSettings
-from mellm.errors import ClipError, ClipNotFoundError
+from mellm.errors import ClipError, ClipNotFoundError, ClipTooLargeError, ConfigError
 from mellm.labels import au_name
 from mellm.prompts import IMAGE_ROLES
 from mellm.serve.clips import ClipRequestError, resolve_media_path, save_upload
 from mellm.serve.contract import AnalyzeReply, ErrorReply, QuestionError, error_reply
+from mellm.serve.guard import Guard, idle_closing_protocol, key_given, key_ok
 from mellm.serve.web import add_web_routes
+from mellm.serve.workers import PerceptionTimeout, PerceptionWorkers, WorkerCrashed
+from mellm.video import ClipLimits
 from mellm.vqa import ANALYSIS_QUESTION
 
 log = logging.getLogger("mellm.gateway")
@@ -57,6 +66,30 @@ class GatewayConfig:
     image_roles: tuple[str, ...] = IMAGE_ROLES
     evidence_in_prompt: bool = True
     perception: PerceptionSettings = field(default_factory=PerceptionSettings)
+    # --- what one request may ask of the machine (README: threat model) ---
+    max_frames: int = 2000  # frames in a clip (a video's header or index, a folder's file count)
+    max_frame_pixels: int = 4096 * 2160  # width x height of one frame, read from headers before decoding
+    max_zip_files: int = 5000  # frames in an uploaded zip
+    max_unpacked_mb: float = 1024.0  # what an uploaded zip may unpack to
+    max_questions: int = 16  # questions in one analyze request
+    max_question_chars: int = 2000
+    max_answer_tokens: int = 2048  # the largest max_tokens a client may ask for
+    max_chat_mb: float = 32.0  # body of a passed-through chat request (base64 images included)
+    max_reply_mb: float = 64.0  # what the gateway buffers of a non-streamed upstream reply
+    allowed_media_hosts: tuple[str, ...] = ()  # hosts remote image/video URLs may name; empty: none
+    body_timeout_s: float = 30.0  # a client that sends no body bytes for this long gets 408
+    head_timeout_s: float = 10.0  # a connection that sends no complete request head in time is closed
+    keep_alive_s: float = 5.0  # idle kept-alive connections are closed after this
+    max_connections: int = 256  # open connections and requests together; more get 503 from uvicorn
+
+    @property
+    def clip_limits(self) -> ClipLimits:
+        return ClipLimits(max_frames=self.max_frames, max_pixels=self.max_frame_pixels)
+
+    def uvicorn_options(self) -> dict:
+        """The server settings these limits need (`uvicorn.run(app, **cfg.uvicorn_options())`)."""
+        return {"http": idle_closing_protocol(self.head_timeout_s), "timeout_keep_alive": self.keep_alive_s,
+                "limit_concurrency": self.max_connections, "h11_max_incomplete_event_size": 64 * 1024}
 
 
 def as_trained(trained_dir: Path | None, images: str | None, evidence: bool | None) -> dict:
@@ -105,71 +138,29 @@ class Limiter:
             self._sem.release()
 
 
-class BodyLimit:
-    """ASGI middleware: a request body to `path` larger than `max_bytes` gets 413, whether the
-    client declares its length or streams it chunked (then the body is cut off where it passes the
-    limit, before the form parser spools it all to disk)."""
-
-    def __init__(self, app, max_bytes: int, path: str):
-        self.app, self.max_bytes, self.path = app, max_bytes, path
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["path"] != self.path:
-            return await self.app(scope, receive, send)
-        limit_mib = self.max_bytes / (1 << 20)
-        length = dict(scope["headers"]).get(b"content-length", b"")
-        if length.isdigit() and int(length) > self.max_bytes:
-            return await JSONResponse(error_reply(413, f"upload of {int(length) / (1 << 20):.0f} MiB exceeds the "
-                                                       f"{limit_mib:g} MiB limit"), status_code=413)(scope, receive, send)
-        seen, over, answered = 0, False, False
-
-        async def counted():
-            nonlocal seen, over
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    over = True
-                    return {"type": "http.disconnect"}
-            return message
-
-        async def too_large():
-            nonlocal answered
-            answered = True
-            await JSONResponse(error_reply(413, f"upload exceeds the {limit_mib:g} MiB limit"),
-                               status_code=413)(scope, receive, send)
-
-        async def replaced(message):
-            nonlocal answered
-            if not over:
-                answered = True
-                return await send(message)
-            if message["type"] == "http.response.start" and not answered:
-                await too_large()
-
-        try:
-            await self.app(scope, counted, replaced)
-        except Exception:
-            if not over or answered:
-                raise
-            await too_large()
-
-
 def _check_key(cfg: GatewayConfig, request: Request) -> None:
-    if not cfg.api_key:
-        return
-    auth = request.headers.get("authorization", "")
-    given = auth[7:] if auth.lower().startswith("bearer ") else request.headers.get("x-api-key")
-    if given != cfg.api_key:
+    """Guard checks every /v1/ route before its body is read; routes call this too, in case they
+    are mounted elsewhere."""
+    if not key_ok(cfg.api_key, key_given(dict(request.scope["headers"]))):
         raise HTTPException(401, "missing or wrong API key (send Authorization: Bearer <key>)")
 
 
 def _perceive(source: Path, onset, apex, offset, cfg: GatewayConfig):
-    """Perception and the model's images as PNG bytes (run in a worker thread)."""
+    """Perception and the model's images as PNG bytes."""
     from mellm.analyze import analyze_clip
 
-    result = analyze_clip(source, onset=onset, apex=apex, offset=offset, settings=cfg.perception)
+    result = analyze_clip(source, onset=onset, apex=apex, offset=offset, settings=cfg.perception,
+                          limits=cfg.clip_limits)
     return result, result.pngs(cfg.image_roles)
+
+
+def _perception_job(source: Path, onset, apex, offset, cfg: GatewayConfig, views: bool):
+    """What a worker process sends back: the evidence, the model's images, the views (or None)."""
+    if views:
+        result, pngs, shown = _perceive_views(source, onset, apex, offset, cfg)
+    else:
+        (result, pngs), shown = _perceive(source, onset, apex, offset, cfg), None
+    return result.evidence, pngs, shown
 
 
 def _perceive_views(source: Path, onset, apex, offset, cfg: GatewayConfig):
@@ -178,7 +169,8 @@ def _perceive_views(source: Path, onset, apex, offset, cfg: GatewayConfig):
 
     from mellm.analyze import analyze_clip, png_bytes
 
-    result = analyze_clip(source, onset=onset, apex=apex, offset=offset, settings=cfg.perception, curve=True)
+    result = analyze_clip(source, onset=onset, apex=apex, offset=offset, settings=cfg.perception, curve=True,
+                          limits=cfg.clip_limits)
     pictures = {"onset": result.onset_crop, "apex": result.apex_crop, "flow": result.flow_image(),
                 "magnitude": result.magnitude_image()}
     views = {"crop_size": int(result.onset_crop.shape[0]), "regions": result.region_shapes(),
@@ -208,23 +200,32 @@ def create_app(cfg: GatewayConfig) -> FastAPI:
     state: dict = {}
     limiter = Limiter(cfg.max_concurrency, cfg.max_queue)
     max_bytes = int(cfg.max_upload_mb * (1 << 20))
+    max_reply = int(cfg.max_reply_mb * (1 << 20))
     upstream_headers = {"Authorization": f"Bearer {cfg.upstream_api_key}"} if cfg.upstream_api_key else {}
+    workers = PerceptionWorkers(cfg.max_concurrency)
 
     @asynccontextmanager
     async def lifespan(app):
         state["client"] = httpx.AsyncClient(base_url=cfg.upstream, headers=upstream_headers,
                                             timeout=httpx.Timeout(cfg.request_timeout_s, connect=5.0))
-        state["pool"] = ThreadPoolExecutor(max_workers=cfg.max_concurrency, thread_name_prefix="perception")
+        workers.start()  # here, in the event loop's thread (see PerceptionWorkers)
         yield
         await state["client"].aclose()
-        state["pool"].shutdown(wait=False, cancel_futures=True)
+        workers.close()
 
     app = FastAPI(title="MELLM ME gateway", lifespan=lifespan)
+    app.state.perception = workers
 
-    @app.exception_handler(HTTPException)
-    async def http_error(request: Request, exc: HTTPException):
+    @app.exception_handler(StarletteHTTPException)  # FastAPI's HTTPException, and routing's 404 / 405
+    async def http_error(request: Request, exc: StarletteHTTPException):
         return JSONResponse(error_reply(exc.status_code, str(exc.detail)), status_code=exc.status_code,
-                            headers=exc.headers)
+                            headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception):  # a bug: still an OpenAI-style body, logged
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return JSONResponse(error_reply(500, f"internal error ({type(exc).__name__}); see the gateway's log"),
+                            status_code=500)
 
     @app.exception_handler(RequestValidationError)
     async def form_error(request: Request, exc: RequestValidationError):
@@ -241,7 +242,9 @@ def create_app(cfg: GatewayConfig) -> FastAPI:
                  timings.get("perception", 0.0), timings.get("llm", 0.0), 1000 * (time.perf_counter() - t))
         return response
 
-    app.add_middleware(BodyLimit, max_bytes=max_bytes, path="/v1/me/analyze")
+    # Outermost: the key and the body limits are checked before any route (or form parser) reads a byte.
+    app.add_middleware(Guard, api_key=cfg.api_key, body_timeout_s=cfg.body_timeout_s,
+                       limits={"/v1/me/analyze": max_bytes, "/v1/chat/completions": int(cfg.max_chat_mb * (1 << 20))})
 
     @app.get("/health")
     async def health():
@@ -251,7 +254,8 @@ def create_app(cfg: GatewayConfig) -> FastAPI:
         except httpx.HTTPError as e:
             vllm = {"status": "down", "url": cfg.upstream, "detail": f"{type(e).__name__}: {e}"}
         return {"gateway": "ok", "vllm": vllm, "model": cfg.model,
-                "load": {"running": limiter.running, "waiting": limiter.waiting}}
+                "load": {"running": limiter.running, "waiting": limiter.waiting},
+                "perception": {"workers": workers.n, "stopped_at_deadline": workers.killed}}
 
     @app.post("/v1/me/analyze", response_model=AnalyzeReply,
               responses={code: {"model": ErrorReply} for code in (400, 401, 403, 404, 413, 415, 422, 429, 502, 503, 504)})
@@ -266,6 +270,12 @@ def create_app(cfg: GatewayConfig) -> FastAPI:
         views: bool = Form(False, description="Also return the pictures a person looks at and the motion curve."),
     ):
         _check_key(cfg, request)
+        if len(question) > cfg.max_questions:
+            raise HTTPException(422, f"{len(question)} questions: at most {cfg.max_questions} per request")
+        if any(len(q) > cfg.max_question_chars for q in question):
+            raise HTTPException(422, f"a question is longer than {cfg.max_question_chars} characters")
+        if max_tokens is not None and not 1 <= max_tokens <= cfg.max_answer_tokens:
+            raise HTTPException(422, f"max_tokens must be 1..{cfg.max_answer_tokens}, got {max_tokens}")
         async with limiter.slot():
             try:
                 return await asyncio.wait_for(
@@ -295,22 +305,26 @@ def create_app(cfg: GatewayConfig) -> FastAPI:
             timings["receive"] = 1000 * (time.perf_counter() - t0)
             t = time.perf_counter()
             try:
-                shown = None
-                if views:
-                    result, pngs, shown = await asyncio.get_running_loop().run_in_executor(
-                        state["pool"], _perceive_views, source, onset, apex, offset, cfg)
-                else:
-                    result, pngs = await asyncio.get_running_loop().run_in_executor(
-                        state["pool"], _perceive, source, onset, apex, offset, cfg)
+                # In a worker process: at the deadline (or when this request is cancelled) it is killed.
+                found, pngs, shown = await workers.run(_perception_job, (source, onset, apex, offset, cfg, views),
+                                                       timeout=cfg.request_timeout_s)
+            except PerceptionTimeout:
+                raise HTTPException(504, f"the request took longer than {cfg.request_timeout_s:g} s") from None
+            except WorkerCrashed as e:
+                raise HTTPException(503, f"perception failed: {e}; retry later") from None
             except ClipNotFoundError as e:
                 raise HTTPException(404, _hide_paths(str(e), workdir, name)) from None
+            except ClipTooLargeError as e:
+                raise HTTPException(413, _hide_paths(f"{e.reason}: {e}", workdir, name)) from None
             except ClipError as e:
                 raise HTTPException(422, _hide_paths(f"{e.reason}: {e}", workdir, name)) from None
+            except ConfigError as e:
+                raise HTTPException(422, _hide_paths(str(e), workdir, name)) from None
             timings["perception"] = 1000 * (time.perf_counter() - t)
-            evidence = result.evidence.to_dict()
+            evidence = found.to_dict()
             evidence["clip"] = name
             t = time.perf_counter()
-            asked = await asyncio.gather(*[_ask(q, pngs, result.evidence.description, model, max_tokens, evidence)
+            asked = await asyncio.gather(*[_ask(q, pngs, found.description, model, max_tokens, evidence)
                                            for q in questions])
             timings["llm"] = 1000 * (time.perf_counter() - t)
             timings["total"] = 1000 * (time.perf_counter() - t0)
@@ -338,7 +352,8 @@ def create_app(cfg: GatewayConfig) -> FastAPI:
                 if size > max_bytes:
                     raise ClipRequestError(413, f"upload exceeds the {cfg.max_upload_mb:g} MiB limit")
                 out.write(chunk)
-        return save_upload(file.filename, target, workdir)
+        return save_upload(file.filename, target, workdir, max_files=cfg.max_zip_files,
+                           max_unpacked_bytes=int(cfg.max_unpacked_mb * (1 << 20)))
 
     async def _ask(question: str, pngs: list[bytes], evidence_text: str, model: str | None,
                    max_tokens: int | None, evidence: dict) -> dict | QuestionError:
@@ -352,39 +367,106 @@ def create_app(cfg: GatewayConfig) -> FastAPI:
                 "max_tokens": max_tokens or cfg.max_tokens, "temperature": 0.0}
         try:
             r = await state["client"].post("/v1/chat/completions", json=body)
-        except (httpx.ConnectError, httpx.ConnectTimeout) as e:
-            raise HTTPException(503, f"the model server at {cfg.upstream} is unavailable ({type(e).__name__})") from None
-        except httpx.TimeoutException:
-            raise HTTPException(504, f"the model server at {cfg.upstream} did not answer in time") from None
+        except httpx.HTTPError as e:
+            raise _upstream_error(e) from None
         if r.status_code >= 500:
             raise HTTPException(502, f"the model server failed: HTTP {r.status_code}: {r.text[:300]}")
         if r.status_code >= 400:
             return QuestionError(question=question, status=r.status_code,
                                  message=f"the model server refused the request: {r.text[:300]}")
-        text = r.json()["choices"][0]["message"]["content"] or ""
+        text = _answer_text(r)
         parsed = _parsed(question, text)
         return {"question": question, "qtype": classify_question(question).type.value, "answer": text,
                 "parsed": parsed, "claims": _claims(parsed["aus"], evidence)}
 
+    def _upstream_error(e: httpx.HTTPError) -> HTTPException:
+        """How a failed exchange with vLLM reads to the client: down 503, slow 504, broken 502."""
+        if isinstance(e, (httpx.ConnectError, httpx.ConnectTimeout)):
+            return HTTPException(503, f"the model server at {cfg.upstream} is unavailable ({type(e).__name__})")
+        if isinstance(e, httpx.TimeoutException):
+            return HTTPException(504, f"the model server at {cfg.upstream} did not answer in time")
+        return HTTPException(502, f"the model server at {cfg.upstream} broke off the exchange ({type(e).__name__})")
+
+    def _answer_text(r: httpx.Response) -> str:
+        try:
+            return r.json()["choices"][0]["message"]["content"] or ""
+        except (ValueError, RecursionError):
+            raise HTTPException(502, f"the model server answered with something that is not JSON: {r.text[:120]!r}") from None
+        except (KeyError, IndexError, TypeError):
+            raise HTTPException(502, f"the model server's reply has no choices[0].message.content: {r.text[:200]}") from None
+
+    def _check_media(body) -> None:
+        """A chat request may carry images inline (data: URLs). A URL would have vLLM fetch it, from
+        wherever it points, 127.0.0.1 and the cloud metadata address included: refused unless the
+        operator allowed its host (GatewayConfig.allowed_media_hosts)."""
+        from urllib.parse import urlsplit
+
+        for url in _urls(body):
+            if url.startswith("data:"):
+                continue
+            parts = urlsplit(url)
+            if parts.scheme in ("http", "https") and parts.hostname and parts.hostname.lower() in cfg.allowed_media_hosts:
+                continue
+            allowed = ", ".join(cfg.allowed_media_hosts) or "none"
+            raise HTTPException(403, f"remote media {url[:100]!r} refused: this gateway fetches no URLs except from "
+                                     f"allowed hosts ({allowed}); send images inline as data: URLs")
+
     async def _forward(request: Request, path: str) -> Response:
         _check_key(cfg, request)
         body = await request.body()
+        stream = False
+        if request.method == "POST":
+            try:
+                payload = json.loads(body)
+            except (ValueError, RecursionError):
+                raise HTTPException(400, "the request body is not JSON (or is nested too deeply)") from None
+            if not isinstance(payload, dict):
+                raise HTTPException(400, "the request body must be a JSON object")
+            _check_media(payload)
+            stream = payload.get("stream") is True
         headers = {"content-type": request.headers.get("content-type", "application/json")}
         req = state["client"].build_request(request.method, path, content=body, headers=headers)
         try:
             upstream = await state["client"].send(req, stream=True)
-        except (httpx.ConnectError, httpx.ConnectTimeout) as e:
-            raise HTTPException(503, f"the model server at {cfg.upstream} is unavailable ({type(e).__name__})") from None
-
-        async def relay():
-            try:
-                async for chunk in upstream.aiter_raw():
-                    yield chunk
-            finally:
-                await upstream.aclose()
-
+        except httpx.HTTPError as e:
+            raise _upstream_error(e) from None
         kept = {k: v for k, v in upstream.headers.items() if k.lower() in ("content-type", "cache-control")}
-        return StreamingResponse(relay(), status_code=upstream.status_code, headers=kept)
+        if stream and upstream.status_code == 200:
+            return StreamingResponse(_relay(upstream), status_code=200, headers=kept)
+        try:  # not streamed: read it whole (bounded) so that a broken reply is a 502, not a cut-off 200
+            data = bytearray()
+            async for chunk in upstream.aiter_raw():
+                data += chunk
+                if len(data) > max_reply:
+                    raise HTTPException(502, f"the model server's reply exceeds {cfg.max_reply_mb:g} MiB")
+        except httpx.HTTPError as e:
+            raise _upstream_error(e) from None
+        finally:
+            await upstream.aclose()
+        if upstream.status_code >= 500:
+            raise HTTPException(502, f"the model server failed: HTTP {upstream.status_code}: "
+                                     f"{bytes(data[:300]).decode(errors='replace')}")
+        if upstream.status_code == 200:
+            try:
+                reply = json.loads(data)
+            except (ValueError, RecursionError):
+                raise HTTPException(502, "the model server answered with something that is not JSON") from None
+            needed = "choices" if path.endswith("/chat/completions") else "data"
+            if not isinstance(reply, dict) or not isinstance(reply.get(needed), list):
+                raise HTTPException(502, f"the model server's reply has no {needed!r} list")
+        return Response(bytes(data), status_code=upstream.status_code, headers=kept)
+
+    async def _relay(upstream: httpx.Response):
+        """A streamed reply, chunk by chunk. Past the first byte the status is sent: a model server
+        that breaks off mid-stream ends the stream with an OpenAI-style error event instead."""
+        try:
+            async for chunk in upstream.aiter_raw():
+                yield chunk
+        except httpx.HTTPError as e:
+            err = _upstream_error(e)
+            yield b"data: " + json.dumps(error_reply(err.status_code, err.detail)).encode() + b"\n\n"
+        finally:
+            await upstream.aclose()
 
     add_web_routes(app, cfg, lambda request: _check_key(cfg, request))
 
@@ -397,3 +479,18 @@ def create_app(cfg: GatewayConfig) -> FastAPI:
         return await _forward(request, "/v1/models")
 
     return app
+
+
+def _urls(obj, depth: int = 0):
+    """Every string under a key naming a URL (url, image_url, video_url, ...), anywhere in `obj`."""
+    if depth > 64:
+        raise HTTPException(400, "the request body is nested too deeply")
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            if isinstance(value, str) and str(key).lower().endswith("url"):
+                yield value.strip()
+            elif isinstance(value, (dict, list)):
+                yield from _urls(value, depth + 1)
+    elif isinstance(obj, list):
+        for value in obj:
+            yield from _urls(value, depth + 1)

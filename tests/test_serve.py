@@ -261,6 +261,66 @@ def test_32_concurrent_requests_complete_or_get_429(gateway, clips):
     assert httpx.get(gateway + "/health").json()["load"] == {"running": 0, "waiting": 0}
 
 
+def _alive(pid: int) -> bool:
+    import os
+
+    try:
+        state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z" and os.path.exists(f"/proc/{pid}")
+
+
+def test_a_timed_out_request_stops_its_work_and_the_next_one_is_served(vllm_server, clips, tmp_path):
+    """Issue 11, item 1: at --timeout 8 --concurrency 1, a 3000-frame clip without an apex times out;
+    its perception process is killed before the slot is given back, and a normal request sent
+    right behind it is answered, its perception not slowed by abandoned work."""
+    import os
+    import shutil
+    import threading
+    import time
+
+    root, corpus = clips
+    c = corpus[0]
+    shutil.copytree(root / c.frames_dir, tmp_path / "short")
+    frames = sorted((tmp_path / "short").iterdir(), key=lambda p: int(p.stem[3:]))
+    (tmp_path / "long").mkdir()
+    for i in range(3000):
+        os.link(frames[i % len(frames)], tmp_path / "long" / f"img{i + 1}.png")
+    cfg = GatewayConfig(upstream=vllm_server.cfg.url, model="me", media_root=tmp_path, request_timeout_s=8,
+                        max_concurrency=1, max_queue=2, max_tokens=8, max_frames=5000,
+                        perception=PerceptionSettings(flow="tvl1"))
+    short = {"path": "short", "onset": str(c.onset_frame), "apex": str(c.apex_frame), "question": QUESTIONS[0]}
+    app = create_app(cfg)
+    with serve_in_thread(app) as url:
+        # warm: the worker has imported everything (a first job on a loaded machine may time out doing it)
+        assert any(analyze(url, headers={}, data=short).status_code == 200 for _ in range(4))
+        [first] = app.state.perception.pids
+        killed = app.state.perception.killed
+        replies = {}
+
+        def send(name, data):
+            replies[name] = (analyze(url, headers={}, data=data), time.perf_counter())
+
+        slow = threading.Thread(target=send, args=("long", {"path": "long"}))
+        slow.start()
+        time.sleep(0.5)
+        assert httpx.get(url + "/health").json()["load"]["running"] == 1
+        send("short", short)
+        slow.join()
+        (long_reply, long_done), (short_reply, short_done) = replies["long"], replies["short"]
+        assert long_reply.status_code == 504 and long_reply.json()["error"]["type"] == "timeout_error"
+        assert short_reply.status_code == 200, short_reply.text
+        assert short_done > long_done  # it waited for the slot instead of running beside the timed-out work
+        assert app.state.perception.killed == killed + 1
+        assert not _alive(first)  # the timed-out perception process is gone
+        [now] = app.state.perception.pids
+        assert now != first and _alive(now)
+        health = httpx.get(url + "/health").json()
+        assert health["load"] == {"running": 0, "waiting": 0} and health["perception"]["stopped_at_deadline"] >= 1
+        assert not [t.name for t in threading.enumerate() if "perception" in t.name]  # no perception thread at all
+
+
 def test_mellm_ask_prints_answer_and_evidence(gateway, clips):
     root, corpus = clips
     c = corpus[1]
