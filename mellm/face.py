@@ -79,6 +79,11 @@ def _dlib_models():
     return _local.models
 
 
+def load_face_models() -> None:
+    """Load this thread's face models now (a worker process does it before taking its first job)."""
+    _dlib_models()
+
+
 class DlibFace:
     """dlib HOG detector + 68-point shape predictor.
 

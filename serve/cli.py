@@ -48,6 +48,8 @@ def serve(
     media_root: Optional[Path] = typer.Option(None, help="Gateway: clips may be named by a path under this folder."),
     images: Optional[str] = typer.Option(None, help="Gateway: image roles (default: as the adapter was trained)."),
     evidence: Optional[bool] = typer.Option(None, "--evidence/--no-evidence", help="Gateway: motion text in the prompt."),
+    allow_media_host: list[str] = typer.Option([], help="A host whose image URLs chat requests may name, for vLLM and "
+                                                        "the gateway (repeatable). Default: none, images go inline."),
     log: Path = typer.Option(Path("vllm.log"), help="vLLM's log file."),
     startup_timeout: float = typer.Option(900, help="Seconds to wait for vLLM to become healthy."),
 ):
@@ -61,8 +63,9 @@ def serve(
     # Ctrl-C does. uvicorn restores this handler and re-raises the signal after its shutdown.
     signal.signal(signal.SIGTERM, _terminate)
     adapters = _adapters(adapter)
+    hosts = tuple(h.strip().lower() for h in allow_media_host if h.strip())
     cfg = ServerConfig(model=model, adapters=adapters, name=name, host=host, port=port, api_key=api_key, dtype=dtype,
-                       max_model_len=max_model_len, tensor_parallel=tensor_parallel)
+                       max_model_len=max_model_len, tensor_parallel=tensor_parallel, allowed_media_domains=hosts)
     server = VLLMServer(cfg, log=log)
     typer.echo(f"starting vLLM for {model} ({len(adapters)} adapter(s)); log: {log}")
     server.start()
@@ -75,7 +78,7 @@ def serve(
         if gateway:
             trained = next(iter(adapters.values()), Path(model) if Path(model).is_dir() else None)
             gw = GatewayConfig(upstream=cfg.url, model=names[-1], api_key=api_key, upstream_api_key=api_key,
-                               media_root=media_root, **as_trained(trained, images, evidence))
+                               media_root=media_root, allowed_media_hosts=hosts, **as_trained(trained, images, evidence))
             typer.echo(f"ME gateway at http://{host}:{gateway_port} (model {gw.model}); its web page is at "
                        f"http://{host}:{gateway_port}/; try:\n"
                        f"  mellm ask CLIP \"What is the coarse expression class?\" --endpoint http://{host}:{gateway_port}")

@@ -277,13 +277,10 @@ def create_app(cfg: GatewayConfig) -> FastAPI:
         if max_tokens is not None and not 1 <= max_tokens <= cfg.max_answer_tokens:
             raise HTTPException(422, f"max_tokens must be 1..{cfg.max_answer_tokens}, got {max_tokens}")
         async with limiter.slot():
-            try:
-                return await asyncio.wait_for(
-                    _analyze(request, file, path, onset, apex, offset, question or [ANALYSIS_QUESTION], model,
-                             max_tokens, views),
-                    timeout=cfg.request_timeout_s)
-            except asyncio.TimeoutError:
-                raise HTTPException(504, f"the request took longer than {cfg.request_timeout_s:g} s") from None
+            # The time limit is enforced phase by phase inside: perception in its process (killed at the
+            # deadline), then the model with what is left. Waiting for a slot or a worker to start is not counted.
+            return await _analyze(request, file, path, onset, apex, offset, question or [ANALYSIS_QUESTION], model,
+                                  max_tokens, views)
 
     async def _analyze(request, file, path, onset, apex, offset, questions, model, max_tokens,
                        views: bool = False) -> AnalyzeReply:
@@ -309,7 +306,7 @@ def create_app(cfg: GatewayConfig) -> FastAPI:
                 found, pngs, shown = await workers.run(_perception_job, (source, onset, apex, offset, cfg, views),
                                                        timeout=cfg.request_timeout_s)
             except PerceptionTimeout:
-                raise HTTPException(504, f"the request took longer than {cfg.request_timeout_s:g} s") from None
+                raise HTTPException(504, f"perception took longer than {cfg.request_timeout_s:g} s; it was stopped") from None
             except WorkerCrashed as e:
                 raise HTTPException(503, f"perception failed: {e}; retry later") from None
             except ClipNotFoundError as e:
@@ -324,8 +321,12 @@ def create_app(cfg: GatewayConfig) -> FastAPI:
             evidence = found.to_dict()
             evidence["clip"] = name
             t = time.perf_counter()
-            asked = await asyncio.gather(*[_ask(q, pngs, found.description, model, max_tokens, evidence)
-                                           for q in questions])
+            left = max(1.0, cfg.request_timeout_s - timings["perception"] / 1000)
+            try:
+                asked = await asyncio.wait_for(asyncio.gather(*[
+                    _ask(q, pngs, found.description, model, max_tokens, evidence) for q in questions]), timeout=left)
+            except asyncio.TimeoutError:
+                raise HTTPException(504, f"the request took longer than {cfg.request_timeout_s:g} s") from None
             timings["llm"] = 1000 * (time.perf_counter() - t)
             timings["total"] = 1000 * (time.perf_counter() - t0)
             timings["overhead"] = timings["total"] - timings["perception"] - timings["llm"]

@@ -39,6 +39,7 @@ class ServerConfig:
     tensor_parallel: int = 1
     gpu_memory_utilization: float = 0.9
     cpu_kv_cache_gib: int = 1  # VLLM_CPU_KVCACHE_SPACE on CPU machines
+    allowed_media_domains: tuple[str, ...] = ()  # hosts vLLM may fetch image URLs from; empty: none
     extra_args: list[str] = field(default_factory=list)
 
     @property
@@ -96,6 +97,9 @@ def image_limits(cfg: ServerConfig) -> dict | None:
     return next(iter(found.values()), None)
 
 
+NO_MEDIA_DOMAIN = "no-remote-media.invalid"  # a name that cannot resolve (RFC 2606)
+
+
 def vllm_command(cfg: ServerConfig, gpu: bool) -> tuple[list[str], dict]:
     """The server's command line and environment."""
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server",
@@ -117,6 +121,9 @@ def vllm_command(cfg: ServerConfig, gpu: bool) -> tuple[list[str], dict]:
         cmd += ["--mm-processor-kwargs", json.dumps(limits)]
     if cfg.api_key:
         cmd += ["--api-key", cfg.api_key]
+    # vLLM fetches any http(s) URL a chat request names, unless told which hosts it may use. The
+    # gateway refuses such requests itself; this keeps vLLM from fetching even when called directly.
+    cmd += ["--allowed-media-domains", *(cfg.allowed_media_domains or (NO_MEDIA_DOMAIN,))]
     return cmd + list(cfg.extra_args), env
 
 

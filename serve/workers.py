@@ -33,8 +33,11 @@ def _serve(conn, parent_pid: int) -> None:
     import cv2
 
     import mellm.analyze  # noqa: F401  (imported before the first job, not during it)
+    from mellm.face import load_face_models
 
     cv2.setNumThreads(1)
+    load_face_models()
+    conn.send(("ready", None))  # start-up (seconds on a busy machine) is not counted against a job
     while True:
         try:
             fn, args = conn.recv()
@@ -56,6 +59,7 @@ class _Worker:
         self.proc = context.Process(target=_serve, args=(child, os.getpid()), daemon=True, name="mellm-perception")
         self.proc.start()
         child.close()
+        self.ready = False
 
     def kill(self) -> None:
         """SIGKILL and wait until the process is gone (reaped), so its CPU and memory are free."""
@@ -72,8 +76,8 @@ class PerceptionWorkers:
     Start and stop it from the event loop's thread: the kernel's parent-death signal follows the
     thread that started a process, and the loop's thread lives as long as the gateway."""
 
-    def __init__(self, n: int):
-        self.n = n
+    def __init__(self, n: int, start_timeout_s: float = 600.0):
+        self.n, self.start_timeout_s = n, start_timeout_s
         self._context = multiprocessing.get_context("spawn")  # no fork of a threaded server
         self._idle: asyncio.Queue[_Worker] | None = None
         self._all: set[_Worker] = set()
@@ -104,6 +108,18 @@ class PerceptionWorkers:
         w = await self._idle.get()
         done = threading.Event()
         try:
+            if not w.ready:  # a fresh process still importing: like waiting in the queue, not part of the job's time
+                if not await asyncio.get_running_loop().run_in_executor(self._waiters, _wait, w.conn,
+                                                                        self.start_timeout_s, done):
+                    w = self._replace(w)
+                    raise WorkerCrashed(f"a perception process did not start within {self.start_timeout_s:g} s")
+                try:
+                    w.conn.recv()
+                except (EOFError, OSError):
+                    code = w.proc.exitcode
+                    w = self._replace(w)
+                    raise WorkerCrashed(f"a perception process died while starting (exit code {code})") from None
+                w.ready = True
             w.conn.send((fn, args))
             ready = await asyncio.get_running_loop().run_in_executor(self._waiters, _wait, w.conn, timeout, done)
             if not ready:

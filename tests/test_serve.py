@@ -272,7 +272,7 @@ def _alive(pid: int) -> bool:
 
 
 def test_a_timed_out_request_stops_its_work_and_the_next_one_is_served(vllm_server, clips, tmp_path):
-    """Issue 11, item 1: at --timeout 8 --concurrency 1, a 3000-frame clip without an apex times out;
+    """Issue 11, item 1: at --timeout 20 --concurrency 1, a 6000-frame clip without an apex times out;
     its perception process is killed before the slot is given back, and a normal request sent
     right behind it is answered, its perception not slowed by abandoned work."""
     import os
@@ -285,11 +285,11 @@ def test_a_timed_out_request_stops_its_work_and_the_next_one_is_served(vllm_serv
     shutil.copytree(root / c.frames_dir, tmp_path / "short")
     frames = sorted((tmp_path / "short").iterdir(), key=lambda p: int(p.stem[3:]))
     (tmp_path / "long").mkdir()
-    for i in range(3000):
+    for i in range(6000):
         os.link(frames[i % len(frames)], tmp_path / "long" / f"img{i + 1}.png")
-    cfg = GatewayConfig(upstream=vllm_server.cfg.url, model="me", media_root=tmp_path, request_timeout_s=8,
-                        max_concurrency=1, max_queue=2, max_tokens=8, max_frames=5000,
-                        perception=PerceptionSettings(flow="tvl1"))
+    cfg = GatewayConfig(upstream=vllm_server.cfg.url, model="me", media_root=tmp_path, request_timeout_s=20,
+                        max_concurrency=1, max_queue=2, max_tokens=8, max_frames=10000,
+                        perception=PerceptionSettings(flow="dis"))
     short = {"path": "short", "onset": str(c.onset_frame), "apex": str(c.apex_frame), "question": QUESTIONS[0]}
     app = create_app(cfg)
     with serve_in_thread(app) as url:
@@ -309,7 +309,7 @@ def test_a_timed_out_request_stops_its_work_and_the_next_one_is_served(vllm_serv
         send("short", short)
         slow.join()
         (long_reply, long_done), (short_reply, short_done) = replies["long"], replies["short"]
-        assert long_reply.status_code == 504 and long_reply.json()["error"]["type"] == "timeout_error"
+        assert long_reply.status_code == 504 and "perception took longer than 20 s" in long_reply.text
         assert short_reply.status_code == 200, short_reply.text
         assert short_done > long_done  # it waited for the slot instead of running beside the timed-out work
         assert app.state.perception.killed == killed + 1

@@ -31,6 +31,10 @@ def test_command_carries_rank_image_limits_and_tower_lora(tmp_path):
     gpu, _ = vllm_command(ServerConfig(model="m", tensor_parallel=4), gpu=True)
     assert gpu[gpu.index("--tensor-parallel-size") + 1] == "4" and gpu[gpu.index("--dtype") + 1] == "auto"
     assert "--enable-lora" not in gpu
+    # vLLM fetches no remote media unless hosts are allowed (issue 11, item 7)
+    assert cmd[cmd.index("--allowed-media-domains") + 1:][:1] == ["no-remote-media.invalid"]
+    some, _ = vllm_command(ServerConfig(model="m", allowed_media_domains=("a.org", "b.org")), gpu=True)
+    assert some[some.index("--allowed-media-domains") + 1:][:2] == ["a.org", "b.org"]
 
 
 def test_adapters_with_different_image_limits_are_refused(tmp_path):
