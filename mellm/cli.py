@@ -187,6 +187,7 @@ def analyze(
 # The stages' commands, in pipeline order. Their modules import only typer at the top.
 from mellm.data_builders.cli import build_data  # noqa: E402
 from mellm.eval.cli import app as eval_app  # noqa: E402
+from mellm.loso.cli import loso, loso_fold, loso_pool  # noqa: E402
 from mellm.serve.cli import ask, gateway, serve  # noqa: E402
 from mellm.train.cli import export, merge, tiny_model, train  # noqa: E402
 
@@ -199,6 +200,9 @@ app.command()(user_errors(serve))
 app.command()(user_errors(gateway))
 app.command()(user_errors(ask))
 app.add_typer(eval_app, name="eval")
+app.command()(user_errors(loso))
+app.command("loso-fold")(user_errors(loso_fold))
+app.command("loso-pool")(user_errors(loso_pool))
 
 
 @app.command()

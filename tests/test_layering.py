@@ -10,6 +10,9 @@ The rules, written once, here:
    each other files on disk with documented formats (docs/formats.md), so each can be run, cached
    and tested alone. The one interface that is code is the ME gateway's HTTP contract and its
    client, which `mellm eval run --gateway` uses to talk to a running gateway.
+3. The LOSO protocol runner (`loso/`) sits above the stages: like the demo, it runs training,
+   prediction and scoring in order for each fold, so it may use their library functions
+   (ORCHESTRATORS). No stage, and no core module but the CLI wiring, imports it.
 """
 
 from __future__ import annotations
@@ -19,8 +22,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = {"data_builders": "mellm.data_builders", "train": "mellm.train", "serve": "mellm.serve",
-          "eval": "mellm.eval"}
+          "eval": "mellm.eval", "loso": "mellm.loso"}
 WIRING = {"mellm/cli.py", "mellm/demo.py"}
+ORCHESTRATORS = {"mellm.loso"}
 PUBLIC = {"mellm.serve.contract", "mellm.serve.client"}
 
 
@@ -65,6 +69,10 @@ def violations(root: Path) -> list[str]:
                     continue
                 if here == "mellm" and rel.as_posix() not in WIRING:
                     found.append(f"{rel.as_posix()}:{line}: {module} (the core imports no stage)")
+                elif target in ORCHESTRATORS and rel.as_posix() != "mellm/cli.py":
+                    found.append(f"{rel.as_posix()}:{line}: {module} (only the CLI mounts the protocol runner)")
+                elif here in ORCHESTRATORS:
+                    continue
                 elif here != "mellm" and target != "mellm" and not any(
                         module == p or module.startswith(p + ".") for p in PUBLIC):
                     found.append(f"{rel.as_posix()}:{line}: {module} (another stage's internals)")
@@ -83,8 +91,11 @@ def test_a_planted_bad_import_is_caught(tmp_path):
     (tmp_path / "eval" / "run.py").write_text("from mellm.serve.client import ask\nfrom mellm.serve import gateway\n")
     (tmp_path / "train" / "data.py").write_text("import mellm.data_builders.instruct\nfrom mellm.labels import au_name\n")
     (tmp_path / "serve" / "clips.py").write_text("from ..eval.metrics import f1\nfrom .contract import AnalyzeReply\n")
+    (tmp_path / "loso" / "fold.py").write_text("from mellm.train.recipe import train\n")  # the runner: allowed
+    (tmp_path / "eval" / "score.py").write_text("from mellm.loso.plan import load_plan\n")
     assert sorted(violations(tmp_path)) == [
         "eval/run.py:2: mellm.serve.gateway (another stage's internals)",
+        "eval/score.py:1: mellm.loso.plan (only the CLI mounts the protocol runner)",
         "mellm/aus.py:1: mellm.train.recipe (the core imports no stage)",
         "serve/clips.py:1: mellm.eval.metrics (another stage's internals)",
         "train/data.py:1: mellm.data_builders.instruct (another stage's internals)",

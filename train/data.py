@@ -70,6 +70,8 @@ def load_train_eval(cfg):
     """-> (train Dataset, eval Dataset or None, fingerprint dict). Only the columns training
     reads are kept (`messages`, and `images` for the image-text variant)."""
     dd, train, evals = select_rows(cfg)
+    # Recorded in RUN/run.json: which subjects a run learnt from (LOSO checks its held-out ones are not).
+    subjects = sorted(set(train["subject"]))
     columns = ["messages"] if cfg.model.text_only else ["messages", "images"]
     if cfg.train.group_by_length and not cfg.model.text_only:  # the text path measures tokenized rows
         columns.append("length")
@@ -79,7 +81,7 @@ def load_train_eval(cfg):
             evals = evals.add_column("length", [approx_length(m) for m in evals["messages"]])
     train = train.select_columns(columns)
     evals = evals.select_columns(columns) if evals is not None else None
-    return train, evals, fingerprint(cfg, dd, train, evals)
+    return train, evals, {**fingerprint(cfg, dd, train, evals), "train_subjects": subjects}
 
 
 IMAGE_COST = 100  # characters an image is counted as; only the order of lengths matters

@@ -55,7 +55,10 @@ def versions() -> dict:
 
 
 def last_checkpoint(run_dir: Path) -> Path | None:
-    ckpts = [p for p in Path(run_dir).glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
+    """The newest complete checkpoint. Trainer writes trainer_state.json last, so a checkpoint
+    without it was cut off by a kill while saving: resuming from it would fail every time."""
+    ckpts = [p for p in Path(run_dir).glob("checkpoint-*")
+             if p.name.split("-")[-1].isdigit() and (p / "trainer_state.json").is_file()]
     return max(ckpts, key=lambda p: int(p.name.split("-")[-1])) if ckpts else None
 
 
