@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SOURCES = ["mellm", "data_builders", "train", "serve", "eval", "configs", "data", "pyproject.toml", "README.md", "LICENSE"]
+SOURCES = ["mellm", "data_builders", "train", "serve", "eval", "loso", "configs", "data", "pyproject.toml", "README.md", "LICENSE"]
 
 
 def _run(cmd: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
