@@ -53,7 +53,7 @@ class BuildConfig:
             raise MellmError(f"limit must be at least 1 clip per dataset, got {self.limit}")
         if self.workers < 1:
             raise MellmError(f"workers must be at least 1, got {self.workers}")
-        if self.questions is not None and all(name != "megc" for name, _ in self.datasets):
+        if self.questions is not None and all(name not in ("megc", "megc_lvqa") for name, _ in self.datasets):
             raise MellmError(f"--questions only applies to --dataset megc, not {', '.join(n for n, _ in self.datasets)}")
 
 
@@ -68,6 +68,17 @@ class BuildSummary:
 
 
 def build(cfg: BuildConfig) -> BuildSummary:
+    from mellm.data_builders.long_videos import LONG_DATASETS
+
+    long_names = [(n, r) for n, r in cfg.datasets if n in LONG_DATASETS]
+    if long_names:
+        if len(long_names) != len(cfg.datasets):
+            raise MellmError("long-video datasets (" + ", ".join(LONG_DATASETS) + ") build ME-LVQA data on their own; "
+                             "build them apart from short-clip datasets")
+        from mellm.data_builders.build_long import build_long
+
+        done = build_long(cfg, long_names)
+        return BuildSummary(done["built"], len(done["failures"]), done["cached"], done["samples"], cfg.out, done["failures"])
     t0 = time.time()
     out = cfg.out
     out.mkdir(parents=True, exist_ok=True)

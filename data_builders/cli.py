@@ -9,14 +9,15 @@ import typer
 
 
 def build_data(
-    dataset: list[str] = typer.Option(..., help="Dataset name: casme2, samm, smic, casme3, dfme, 4dme, megc or synth. "
+    dataset: list[str] = typer.Option(..., help="Dataset name: casme2, samm, smic, casme3, dfme, 4dme, megc or synth; long videos (ME-LVQA): "
+                                                "samm_lv, casme2_lv, casme3_lv, megc_lvqa (with --questions) or synthlv. "
                                                 "Repeat with --root for a composite (e.g. casme2 + samm + smic)."),
     root: list[Path] = typer.Option(..., help="The dataset's folder (annotation file and frames); one per --dataset."),
     out: Path = typer.Option(..., help="Output folder for the MEU-Instruct dataset."),
     workers: int = typer.Option(1, min=1, help="Perception processes (one clip each)."),
     flow: str = typer.Option("tvl1", help="Optical flow: tvl1, dis, farneback or meflownet (learned; needs --flow-checkpoint)."),
     flow_checkpoint: Optional[Path] = typer.Option(None, help="meflownet: a `mellm train-flow` run directory or its model/meflownet.pt."),
-    questions: Optional[Path] = typer.Option(None, help="--dataset megc: the MEGC question file with answers."),
+    questions: Optional[Path] = typer.Option(None, help="--dataset megc / megc_lvqa: the MEGC question file with answers."),
     cache: Optional[Path] = typer.Option(None, help="Perception cache folder (default OUT/cache); share it between builds."),
     images: str = typer.Option("onset,apex,flow", help="Images per sample, in order: onset, apex, flow."),
     evidence: bool = typer.Option(True, "--evidence/--no-evidence",

@@ -120,3 +120,58 @@ def run(
         typer.secho(f"{len(summary.failures)} question(s) not answered (see {out / 'failures.jsonl'}); "
                     "rerun the same command to retry them", fg="yellow", err=True)
         sys.exit(1)
+
+
+@app.command("lvqa-baseline")
+@user_errors
+def lvqa_baseline(
+    questions: Path = typer.Option(..., help="ME-LVQA question file (MEGC 2026 rows: video_id, video, question, answer)."),
+    media_root: Path = typer.Option(..., help="Folder holding the long videos (files or frame folders), found as eval run finds clips."),
+    out: Path = typer.Option(..., help="Output folder: predictions.jsonl, spots/, failures.jsonl, run.json (+ report.*)."),
+    clip_map: Optional[Path] = typer.Option(None, help="JSON object {video or id: path relative to the media root}."),
+    evidence: bool = typer.Option(True, "--evidence/--no-evidence", help="Per-event AU evidence (needed for the distinct-AU answers)."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+):
+    """The model-free ME-LVQA baseline: spot each video once, answer all its questions from that event list.
+
+    The counts, the distinct AUs and the k-th event types come from one list, so they agree. It is the baseline a tuned model is reported beside.
+    """
+    from mellm.eval.lvqa import run_lvqa_baseline
+
+    summary = run_lvqa_baseline(questions, media_root, out, clip_map, evidence=evidence, progress=progress)
+    typer.echo(f"{summary.answered} answered over {summary.videos} videos, {len(summary.failures)} not answered; "
+               f"predictions in {summary.predictions}", err=True)
+    if summary.report is not None:
+        _print_summary(summary.report)
+    if summary.failures:
+        typer.secho(f"{len(summary.failures)} question(s) not answered (see {out / 'failures.jsonl'})", fg="yellow", err=True)
+        sys.exit(1)
+
+
+
+@app.command("run-lvqa")
+@user_errors
+def run_lvqa(
+    questions: Path = typer.Option(..., help="ME-LVQA question file (MEGC 2026 rows)."),
+    media_root: Path = typer.Option(..., help="Folder holding the long videos (the gateway's --media-root, unless --upload)."),
+    endpoint: str = typer.Option(..., help="The ME gateway, e.g. http://127.0.0.1:8080."),
+    out: Path = typer.Option(..., help="Output folder: predictions.jsonl (MEGC submission), baseline/, comparison.md, report.*"),
+    api_key: Optional[str] = typer.Option(None, envvar="MELLM_API_KEY", help="The gateway's API key."),
+    upload: bool = typer.Option(False, help="Upload each video instead of naming it by its path under the media root."),
+    clip_map: Optional[Path] = typer.Option(None, help="JSON object {video or id: path relative to the media root}."),
+    timeout: float = typer.Option(600.0, min=1.0, help="Seconds allowed per video."),
+):
+    """Ask a served model every ME-LVQA question through the gateway, one request per video.
+
+    Each video is spotted once by the gateway and all its questions are asked with that one event list; the gateway's model-free answers from the same list are scored beside the model's (comparison.md).
+    """
+    from mellm.eval.lvqa import run_lvqa_gateway
+
+    done = run_lvqa_gateway(questions, media_root, endpoint, out, api_key=api_key, upload=upload, clip_map=clip_map,
+                            timeout_s=timeout)
+    typer.echo(f"{done['answered']} answered over {done['videos']} videos, {len(done['failures'])} not answered", err=True)
+    if done["reports"]:
+        typer.echo((out / "comparison.md").read_text())
+    if done["failures"]:
+        typer.secho(f"{len(done['failures'])} question(s) not answered (see {out / 'failures.jsonl'})", fg="yellow", err=True)
+        sys.exit(1)

@@ -78,16 +78,34 @@ def synth(
     sway: bool = typer.Option(False, help="Non-constant head motion: a smooth sway on top of the drift."),
     flicker: float = typer.Option(0.0, help="Lighting flicker amplitude (relative gain, e.g. 0.03)."),
     me_free: float = typer.Option(0.0, help="Share of clips with no micro-expression at all (nuisances only)."),
+    long: bool = typer.Option(False, "--long", help="Long videos with several micro and macro events each (spotting, ME-LVQA): --seconds, --rate, --distractors, --no-events; --identities (first one), --codec, --crf, --noise, --size apply."),
+    seconds: float = typer.Option(60.0, help="--long: seconds per video."),
+    rate: float = typer.Option(30.0, help="--long: frame rate (30 like CAS(ME)^3, 200 like SAMM)."),
+    distractors: bool = typer.Option(False, "--distractors/--clean", help="--long: blinks, head turns and drift, talking, lighting changes."),
+    no_events: bool = typer.Option(False, "--no-events", help="--long: no expression events (false-positive tests)."),
 ):
     """Synthetic micro-expression clips with known AUs, timing and exact flow; lossless by default,
     or with the nuisances of real recordings (JPEG / H.264, blinks, head rotation and sway, flicker,
-    small faces anywhere, ME-free clips), each recorded per clip in labels.jsonl."""
+    small faces anywhere, ME-free clips), each recorded per clip in labels.jsonl.
+
+    With --long: long videos with micro and macro events and distractors (labels.jsonl, intervals.jsonl, lvqa.jsonl).
+    """
     from mellm.faces import HELD_OUT, TUNING
     from mellm.synth import SynthConfig, generate_corpus
 
     w, h = _size(size)
     named = {"tuning": tuple(i.name for i in TUNING), "held-out": tuple(i.name for i in HELD_OUT)}
     ids = named.get(identities) or tuple(x.strip() for x in identities.split(",") if x.strip())
+    if long:
+        from mellm.synth_long import LongConfig, generate_long
+
+        try:
+            cfg = LongConfig(seconds=seconds, fps=rate, width=w, height=h, identity=ids[0] if ids else "astronaut-0",
+                             distractors=distractors, no_events=no_events, codec=codec, crf=crf, noise_std=noise)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        generate_long(out, n=n, seed=seed, config=cfg, progress=True)
+        return
     if (iod or anywhere) and not ids:
         raise ConfigError("--iod and --anywhere need --identities")
     try:
@@ -182,6 +200,41 @@ def analyze(
     save_analysis(result, out)
     typer.echo(result.evidence.description)
     typer.echo(f"\nwrote {out / 'evidence.json'}, {out / 'flow.png'}, {out / 'description.txt'}", err=True)
+
+
+@app.command()
+@user_errors
+def spot(
+    video: Path = typer.Argument(..., help="A long video file or a folder of frames."),
+    out: Path = typer.Option(..., help="Output folder: spots.json, curve.png, events/<k>/evidence.json."),
+    fps: Optional[float] = typer.Option(None, help="Frame rate of a frame folder (videos carry their own)."),
+    truth: Optional[Path] = typer.Option(None, help="intervals.jsonl with the true intervals: drawn on curve.png, and P/R/F1 printed."),
+    evidence: bool = typer.Option(True, "--evidence/--no-evidence", help="Run the short-clip perception on each event's onset -> apex."),
+    flow: str = typer.Option("dis", help="Optical flow of the per-event evidence: tvl1, dis or farneback."),
+    max_analysis_fps: float = typer.Option(50.0, help="Analyse at most this many frames per second (frame skipping for high-speed video)."),
+):
+    """Spot micro- and macro-expressions in a long video (streamed, memory bounded) and analyse each event."""
+    from mellm.analyze_long import analyze_long
+    from mellm.spot import SpotSettings
+
+    truth_rows = []
+    if truth is not None:
+        from mellm.eval.spotting import load_intervals
+
+        truth_rows = [(i.onset, i.offset, i.type) for i in load_intervals(truth) if i.video in (video.stem, video.name)]
+    spots = analyze_long(video, out, SpotSettings(max_analysis_fps=max_analysis_fps), fps=fps, evidence=evidence,
+                         truth=truth_rows, flow=flow, progress=True)
+    typer.echo(spots.summary())
+    for note in spots.notes:
+        typer.secho(f"note: {note}", fg="yellow", err=True)
+    if truth is not None:
+        from mellm.eval.spotting import Interval, spotting_metrics
+
+        m = spotting_metrics([Interval("v", a, b, t) for a, b, t in truth_rows],
+                             [Interval("v", e.onset, e.offset, e.type) for e in spots.events])
+        typer.echo(f"vs truth ({len(truth_rows)} intervals): P {m.overall.precision:.3f} R {m.overall.recall:.3f} "
+                   f"F1 {m.overall.f1:.3f} at IoU >= 0.5")
+    typer.echo(f"wrote {out / 'spots.json'}, {out / 'curve.png'}", err=True)
 
 
 # The stages' commands, in pipeline order. Their modules import only typer at the top.

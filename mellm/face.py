@@ -96,14 +96,15 @@ class DlibFace:
     def __init__(self, detect_width: int = 320):
         self.detect_width = detect_width
 
-    def detect(self, rgb: np.ndarray) -> Face:
+    def detect(self, rgb: np.ndarray, full_retry: bool = True) -> Face:
+        """full_retry=False skips the slow full-size retry (a tracker that retries often anyway)."""
         detector, _ = _dlib_models()
         gray = _gray(rgb)
         h, w = gray.shape
         scale = min(1.0, self.detect_width / w)
         small = cv2.resize(gray, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA) if scale < 1 else gray
         rects = detector(small, 0)
-        if not rects:
+        if not rects and full_retry:
             scale, rects = 1.0, detector(gray, 1)
         if not rects:
             raise NoFaceError("no face found")

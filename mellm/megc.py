@@ -50,7 +50,7 @@ _DATASET_ALIASES = {
     "casme3": "casme3", "casme3a": "casme3", "casme3parta": "casme3",
     "samm": "samm", "sammlv": "samm", "sammlongvideos": "samm", "sammlongvideo": "samm",
     "smic": "smic", "smichs": "smic", "smice": "smic",
-    "4dme": "4dme", "dfme": "dfme", "casme2lv": "casme2",
+    "4dme": "4dme", "dfme": "dfme", "casme2lv": "casme2", "synthlv": "synthlv", "synth": "synth",
 }
 
 

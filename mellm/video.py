@@ -272,3 +272,153 @@ def _pyav_read(path: Path, frames: Sequence[int]) -> list[np.ndarray]:
     if missing:
         raise UnreadableClipError(f"frames {sorted(missing)} could not be decoded from {path}")
     return [got[n] for n in frames]
+
+
+# --- streaming (long videos) -----------------------------------------------------------------
+
+
+class FrameStream:
+    """The frames of a video file or a frame folder in order, decoded in a background thread so
+    decoding and analysis overlap, never more than `queue_size` frames held. For long videos:
+    nothing is indexed or counted up front, and random access is never needed.
+
+    Iterating yields (frame number, image) for frames 1, 1 + every, 1 + 2*every, ... (1-based);
+    the frames between are decoded (inter-frame codecs need them) but not converted. `fmt` is
+    "gray" (uint8 H x W, from the luma plane: cheapest) or "rgb24". After iteration:
+    `n_read` frames were decoded, `error` says why decoding stopped early (a truncated or
+    corrupt file; the frames before it were delivered), `notes` lists what a user should know
+    (variable frame rate, declared frame count not reached)."""
+
+    def __init__(self, path: str | Path, every: int = 1, fmt: str = "gray", fps: float | None = None,
+                 queue_size: int = 32):
+        self.path = Path(path)
+        if not self.path.exists():
+            raise ClipNotFoundError(f"clip not found: {self.path}")
+        if fmt not in ("gray", "rgb24"):
+            raise ValueError(f"unknown frame format {fmt!r}; use gray or rgb24")
+        self.every, self.fmt, self.queue_size = max(1, int(every)), fmt, queue_size
+        self.n_read = 0
+        self.error: str | None = None
+        self.notes: list[str] = []
+        self._intervals: list[float] = []
+        self.keyframes: list[int] = []  # frame numbers of a video's key frames (lossy codecs pulse there)
+        if self.path.is_dir():
+            self._files = list_frame_files(self.path)
+            if not self._files:
+                raise EmptyClipError(f"no frames ({', '.join(sorted(IMAGE_SUFFIXES))}) in folder {self.path}")
+            self.kind, self.fps, self.declared_frames = "frames", fps, len(self._files)
+            self.frame_numbers = frame_numbers(self._files)
+            return
+        if self.path.stat().st_size == 0:
+            raise EmptyClipError(f"video file is empty: {self.path}")
+        import av
+
+        try:
+            with av.open(str(self.path)) as container:
+                if not container.streams.video:
+                    raise UnreadableClipError(f"no video stream in {self.path}")
+                s = container.streams.video[0]
+                rate = float(s.average_rate) if s.average_rate else None
+                self.declared_frames = int(s.frames) if s.frames else None
+                if not self.declared_frames and s.duration and rate:
+                    self.declared_frames = int(round(float(s.duration * s.time_base) * rate))
+        except UnreadableClipError:
+            raise
+        except Exception as e:
+            raise UnreadableClipError(f"cannot read video {self.path}: {e}") from e
+        self.kind, self.fps = "video", fps or rate
+        if not self.fps:
+            raise UnreadableClipError(f"{self.path}: no frame rate in the file; give one (--fps)")
+
+    def __iter__(self):
+        import queue
+        import threading
+
+        q: queue.Queue = queue.Queue(maxsize=self.queue_size)
+        stop = threading.Event()
+        done = object()
+
+        def put(item) -> bool:
+            while not stop.is_set():
+                try:
+                    q.put(item, timeout=0.2)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        def produce():
+            try:
+                for item in (self._folder_frames() if self.kind == "frames" else self._video_frames()):
+                    if not put(item):
+                        return
+            except Exception as e:  # handed to the consumer, which raises it with the path
+                put(e)
+            finally:
+                put(done)
+
+        worker = threading.Thread(target=produce, name=f"decode:{self.path.name}", daemon=True)
+        worker.start()
+        try:
+            while True:
+                item = q.get()
+                if item is done:
+                    break
+                if isinstance(item, Exception):
+                    raise item
+                yield item
+        finally:
+            stop.set()
+            worker.join(timeout=5)
+        self._finish_notes()
+
+    def _folder_frames(self):
+        for i, (f, n) in enumerate(zip(self._files, self.frame_numbers)):
+            self.n_read = i + 1
+            if i % self.every == 0:
+                img = _read_image(f)
+                yield n, cv2.cvtColor(img, cv2.COLOR_RGB2GRAY) if self.fmt == "gray" else img
+
+    def _video_frames(self):
+        import av
+
+        last_t = None
+        try:
+            container = av.open(str(self.path))
+        except Exception as e:
+            raise UnreadableClipError(f"cannot read video {self.path}: {e}") from e
+        with container:
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            try:
+                for frame in container.decode(stream):
+                    self.n_read += 1
+                    if frame.key_frame and len(self.keyframes) < 100_000:
+                        self.keyframes.append(self.n_read)
+                    if frame.time is not None:
+                        if last_t is not None:
+                            self._intervals.append(frame.time - last_t)
+                        last_t = frame.time
+                    if (self.n_read - 1) % self.every == 0:
+                        if self.fmt == "gray":
+                            img = frame.to_ndarray(format="gray")
+                        else:
+                            img = frame.to_ndarray(format="rgb24")
+                        yield self.n_read, img
+            except Exception as e:  # a truncated or corrupt file: keep what came before
+                self.error = f"decoding stopped after frame {self.n_read}: {type(e).__name__}: {e}"
+        if self.n_read == 0:
+            raise EmptyClipError(f"video has no decodable frames: {self.path}" + (f" ({self.error})" if self.error else ""))
+
+    def _finish_notes(self) -> None:
+        if self.error:
+            self.notes.append(f"truncated or corrupt: {self.error}; the frames before were analysed")
+        elif self.declared_frames and self.n_read < 0.98 * self.declared_frames - 1:
+            self.notes.append(f"truncated: {self.n_read} of {self.declared_frames} declared frames could be decoded")
+        if len(self._intervals) >= 10:
+            d = np.asarray(self._intervals)
+            med = float(np.median(d))
+            if med > 0 and float(np.mean(np.abs(d - med) > 0.25 * med)) > 0.01:
+                self.notes.append(f"variable frame rate: frame intervals {d.min() * 1000:.1f}-{d.max() * 1000:.1f} ms "
+                                  f"(median {med * 1000:.1f}); frames are numbered in decode order and times use "
+                                  f"the average rate {self.fps:g} fps")

@@ -137,8 +137,22 @@ def ask(
     model: Optional[str] = typer.Option(None, help="Adapter or model name (default: the gateway's)."),
     remote: bool = typer.Option(False, help="CLIP is a path under the gateway's media root."),
     as_json: bool = typer.Option(False, "--json", help="Print the gateway's JSON reply."),
+    long: bool = typer.Option(False, "--long", help="A long video: spotted once, every question (default: the six ME-LVQA ones) answered from its event list; for LVQA question files use `mellm eval run-lvqa`."),
 ):
     """Ask the ME gateway about a clip; print the answer and the evidence summary."""
+    if long:
+        from mellm.serve.client import ask_long
+
+        reply = ask_long(clip, list(question or []), endpoint, api_key, remote, model)
+        if as_json:
+            typer.echo(reply.model_dump_json(indent=1))
+            return
+        typer.echo(reply.event_list + "\n")
+        for a, b in zip(reply.answers, reply.baseline):
+            typer.echo(f"Q: {a.question}\nA: {a.answer}\n   (from the event list: {b.answer})")
+        for note in reply.notes:
+            typer.secho(f"note: {note}", fg="yellow", err=True)
+        return
     from mellm.serve.client import ask as ask_gateway
     from mellm.serve.client import format_reply
     from mellm.serve.contract import AnalyzeOptions

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 
 from mellm.errors import ClipNotFoundError, MellmError
-from mellm.serve.contract import AnalyzeOptions, AnalyzeReply, ReplyError, error_message, read_reply
+from mellm.serve.contract import AnalyzeOptions, AnalyzeReply, LongAnalyzeReply, ReplyError, error_message, read_reply
 from mellm.video import list_frame_files
 
 
@@ -86,3 +86,34 @@ def format_reply(reply: AnalyzeReply) -> str:
         "  timings (ms): " + ", ".join(f"{k} {v:.0f}" for k, v in reply.timings_ms.items()),
     ]
     return "\n".join(lines)
+
+
+def ask_long(clip: str, questions: list[str], endpoint: str, api_key: str | None = None, remote: bool = False,
+             model: str | None = None, timeout_s: float = 900.0) -> LongAnalyzeReply:
+    """POST a long video to `endpoint`/v1/me/analyze_long (upload, or with `remote` a media path)."""
+    from pydantic import ValidationError
+
+    data = [("question", q) for q in questions] + ([("model", model)] if model else [])
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    url = endpoint.rstrip("/") + "/v1/me/analyze_long"
+    try:
+        if remote:
+            r = httpx.post(url, data=data + [("path", clip)], headers=headers, timeout=timeout_s)
+        else:
+            path = Path(clip)
+            if not path.is_file():
+                raise MellmError(f"{path}: no such video file (a long video is uploaded as a file)")
+            with open(path, "rb") as f:
+                r = httpx.post(url, data=data, files={"file": (path.name, f)}, headers=headers, timeout=timeout_s)
+    except httpx.HTTPError as e:
+        raise MellmError(f"cannot reach the gateway at {endpoint}: {type(e).__name__}: {e}") from None
+    try:
+        body = r.json()
+    except ValueError:
+        body = None
+    if r.status_code != 200:
+        raise MellmError(f"the gateway answered HTTP {r.status_code}: {error_message(body, r.text[:300])}")
+    try:
+        return LongAnalyzeReply.model_validate(body)
+    except ValidationError as e:
+        raise MellmError(f"{url}: the reply does not follow the contract: {e}") from None

@@ -196,3 +196,33 @@ def answers_by_question(reply: AnalyzeReply, questions: list[str]) -> tuple[dict
         else:
             missing[i] = "the gateway's reply has no answer to this question"
     return answers, missing
+
+
+class SpottedEventSummary(BaseModel):
+    onset: int
+    apex: int
+    offset: int
+    type: str = Field(description="micro (<= 0.5 s) or macro.")
+    confidence: float
+    aus: list[int] = Field(default_factory=list, description="From the event's onset -> apex evidence.")
+
+
+class EventAnswer(BaseModel):
+    question: str
+    answer: str
+
+
+class LongAnalyzeReply(BaseModel):
+    """`/v1/me/analyze_long`: one long video, spotted once; every question answered from that one event list."""
+
+    clip: str
+    model: str
+    fps: float
+    n_frames: int
+    events: list[SpottedEventSummary]
+    event_list: str = Field(description="The event list the model was shown (mellm.lvqa.event_list_text).")
+    answers: list[Answer] = Field(description="The model's answers, in the order asked.")
+    baseline: list[EventAnswer] = Field(description="The model-free answers straight from the event list, side by side.")
+    errors: list[QuestionError] = Field(default_factory=list)
+    notes: list[str] = Field(default_factory=list, description="Variable frame rate, truncation, face gaps, ...")
+    timings_ms: dict[str, float] = Field(description="receive, spotting, llm, total.")
