@@ -28,7 +28,7 @@ import numpy as np
 
 from mellm.labels import COARSE_OF_FINE, format_au_list
 from mellm.nuisances import H264Writer, blink_field, eyelid_cover
-from mellm.synth import EMOTION_AUS, _bumps_for, _FFV1Writer, activation, displacement_field, identity_base
+from mellm.synth import EMOTION_AUS, _FFV1Writer, activation, bumps_for, displacement_field, identity_base
 
 MICRO_MAX_S = 0.5  # MEGC: a micro-expression lasts at most half a second
 
@@ -213,7 +213,7 @@ def _ramp01(frame: int, start: int, end: int) -> float:
 def _talk_field(lm: np.ndarray, w: int, h: int) -> np.ndarray:
     """Per pixel of jaw opening: AU25/26's fields (lower lip and chin down), 1 px at the anchor."""
     aus = [{"au": 26, "side": "both", "amplitude_px": 1.0}, {"au": 25, "side": "both", "amplitude_px": 0.6}]
-    return displacement_field(_bumps_for(aus, lm), w, h)
+    return displacement_field(bumps_for(aus, lm), w, h)
 
 
 def _pose(video: LongVideo, frame: int) -> np.ndarray:
@@ -238,7 +238,7 @@ class _Renderer:
         self.v = video
         w, h = video.width, video.height
         self.base, self.lm = placed_face(video.identity, w, h, 90.0 if not video.placement else video.placement["iod"])
-        self.event_fields = [displacement_field(_bumps_for(e.aus, self.lm), w, h) for e in video.events]
+        self.event_fields = [displacement_field(bumps_for(e.aus, self.lm), w, h) for e in video.events]
         kinds = {d["kind"] for d in video.distractors}
         self.talk = _talk_field(self.lm, w, h) if "talking" in kinds else None
         self.ys, self.xs = np.mgrid[0:h, 0:w].astype(np.float32)
