@@ -21,15 +21,17 @@ from mellm.spots import Spots
 
 def analyze_long(video: str | Path, out: str | Path, settings: SpotSettings | None = None, fps: float | None = None,
                  evidence: bool = True, truth: Sequence[tuple[int, int, str]] = (), flow: str = "dis",
+                 flow_checkpoint: str | None = None,
                  progress: bool = False) -> Spots:
     """Spot, per-event evidence, and the files above. `truth`: (onset, offset, type) to draw."""
     from mellm.analyze import PerceptionSettings, analyze_clip, save_analysis
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    # Made first: a bad flow setting or checkpoint fails before the long spotting pass.
+    perception = PerceptionSettings(flow=flow, flow_checkpoint=flow_checkpoint) if evidence else None
     spots = spot_video(video, settings, fps=fps, progress=progress)
     if evidence:
-        perception = PerceptionSettings(flow=flow)
         for k, e in enumerate(spots.events, start=1):
             folder = out / "events" / str(k)
             try:

@@ -210,7 +210,8 @@ def spot(
     fps: Optional[float] = typer.Option(None, help="Frame rate of a frame folder (videos carry their own)."),
     truth: Optional[Path] = typer.Option(None, help="intervals.jsonl with the true intervals: drawn on curve.png, and P/R/F1 printed."),
     evidence: bool = typer.Option(True, "--evidence/--no-evidence", help="Run the short-clip perception on each event's onset -> apex."),
-    flow: str = typer.Option("dis", help="Optical flow of the per-event evidence: tvl1, dis or farneback."),
+    flow: str = typer.Option("dis", help="Optical flow of the per-event evidence: tvl1, dis, farneback or meflownet (needs --flow-checkpoint)."),
+    flow_checkpoint: Optional[Path] = typer.Option(None, help="meflownet: a `mellm train-flow` run directory or its model/meflownet.pt."),
     max_analysis_fps: float = typer.Option(50.0, help="Analyse at most this many frames per second (frame skipping for high-speed video)."),
 ):
     """Spot micro- and macro-expressions in a long video (streamed, memory bounded) and analyse each event."""
@@ -223,7 +224,8 @@ def spot(
 
         truth_rows = [(i.onset, i.offset, i.type) for i in load_intervals(truth) if i.video in (video.stem, video.name)]
     spots = analyze_long(video, out, SpotSettings(max_analysis_fps=max_analysis_fps), fps=fps, evidence=evidence,
-                         truth=truth_rows, flow=flow, progress=True)
+                         truth=truth_rows, flow=flow, progress=True,
+                         flow_checkpoint=None if flow_checkpoint is None else str(flow_checkpoint.resolve()))
     typer.echo(spots.summary())
     for note in spots.notes:
         typer.secho(f"note: {note}", fg="yellow", err=True)
