@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -135,9 +136,18 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=2, help="prompts per GRPO step")
     ap.add_argument("--eval-every", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--control", action=argparse.BooleanOptionalAction, default=True,
+                    help="also continue the SFT run for as many steps as GRPO took (the control)")
     ap.add_argument("--work", type=Path, default=None, help="keep the run here instead of a temporary folder")
     ap.add_argument("--out", type=Path, default=ROOT / "bench/results")
+    ap.add_argument("--from-json", type=Path, default=None, help="only rewrite the .md of a results .json")
     args = ap.parse_args()
+    if args.from_json:
+        report = json.loads(args.from_json.read_text())
+        if args.work and (args.work / "sft" / "metrics.json").is_file():
+            report["seconds"]["sft"] = json.loads((args.work / "sft" / "metrics.json").read_text())["wall_s"]
+        write_report(report, args.from_json.parent)
+        return
 
     import datasets
 
@@ -165,6 +175,8 @@ def main() -> None:
         sft = run_once(train, load_config("tiny_cpu", sft_common + [
             f"output_dir={work / 'sft'}", f"train.max_steps={args.sft_steps}", f"train.save_steps={args.sft_steps}"]))
         sft_s = time.time() - t0
+        # A reused SFT adapter (--work) reports the time its run took.
+        sft_s = json.loads((Path(sft.run_dir) / "metrics.json").read_text()).get("wall_s", sft_s)
 
         # Held out: the val and test subjects (SFT and GRPO here train on the train split only).
         dd = datasets.load_from_disk(str(data / "hf"))
@@ -195,29 +207,44 @@ def main() -> None:
         per_reward = {k.split("/")[1]: [m.get(k) for m in logs] for k in logs[0] if k.startswith("rewards/") and
                       k.endswith("/mean")}
 
-        # The control: the same SFT run given the extra steps (continuing from its checkpoint).
-        t0 = time.time()
-        more = run_once(train, load_config("tiny_cpu", sft_common + [
-            f"output_dir={work / 'sft_more'}", f"train.max_steps={args.sft_steps + args.grpo_steps}",
-            f"train.save_steps={args.sft_steps + args.grpo_steps}"]))
-        more_s = time.time() - t0
-        model, processor = load(model_dir, more.adapter_dir)
-        sft_more = {"coarse": coarse_scores(model, processor, coarse_rows),
-                    "aus": au_scores(model, processor, au_rows, data)}
         holdout = json.loads((data / "splits.json").read_text())["holdout"]
         held_out_subjects = holdout["val"] + holdout["test"]
+        k = max(1, len(rewards) // 5)
+        first, last = (sum(r for _, r in rewards[:k]) / k, sum(r for _, r in rewards[-k:]) / k)
+        machine["load_avg_1m_end"] = os.getloadavg()[0]
+        report = {"machine": machine, "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+                  "held_out_subjects": held_out_subjects, "held_out": {"coarse": len(coarse_rows), "au_list": len(au_rows)},
+                  "rewards": grpo_cfg.rewards.model_dump(),
+                  "sft_only": sft_only, "sft_grpo": sft_grpo, "sft_continued": None,
+                  "reward_first_fifth": first, "reward_last_fifth": last, "reward_curve": rewards,
+                  "per_reward_mean": per_reward, "held_out_coarse_curve": curve,
+                  "seconds": {"sft": round(sft_s, 1), "grpo": round(grpo_s, 1)}}
+        write_report(report, args.out)
+        if args.control:
+            # The control: the SFT run continued from its last checkpoint for as many steps as GRPO
+            # took, so that GRPO is not credited for training longer.
+            more_dir = work / "sft_more"
+            ckpt = work / "sft" / f"checkpoint-{args.sft_steps}"
+            if not (more_dir / ckpt.name).is_dir():
+                shutil.copytree(ckpt, more_dir / ckpt.name)
+            t0 = time.time()
+            more = run_once(train, load_config("tiny_cpu", sft_common + [
+                f"output_dir={more_dir}", f"train.max_steps={args.sft_steps + args.grpo_steps}",
+                f"train.save_steps={args.sft_steps + args.grpo_steps}"]))
+            report["seconds"]["sft_continued"] = round(time.time() - t0, 1)
+            model, processor = load(model_dir, more.adapter_dir)
+            report["sft_continued"] = {"coarse": coarse_scores(model, processor, coarse_rows),
+                                       "aus": au_scores(model, processor, au_rows, data)}
+            report["machine"]["load_avg_1m_end"] = os.getloadavg()[0]
+            write_report(report, args.out)
 
-    k = max(1, len(rewards) // 5)
-    first, last = (sum(r for _, r in rewards[:k]) / k, sum(r for _, r in rewards[-k:]) / k)
-    machine["load_avg_1m_end"] = os.getloadavg()[0]
-    report = {"machine": machine, "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-              "held_out_subjects": held_out_subjects, "rewards": grpo_cfg.rewards.model_dump(),
-              "sft_only": sft_only, "sft_grpo": sft_grpo, "sft_continued": sft_more,
-              "reward_first_fifth": first, "reward_last_fifth": last, "reward_curve": rewards,
-              "per_reward_mean": per_reward, "held_out_coarse_curve": curve,
-              "seconds": {"sft": round(sft_s, 1), "grpo": round(grpo_s, 1), "sft_continued": round(more_s, 1)}}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "train_grpo_cpu.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+
+def write_report(report: dict, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "train_grpo_cpu.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    a, machine = report["settings"], report["machine"]
+    s = report["seconds"]
+    rewards, curve = report["reward_curve"], report["held_out_coarse_curve"]
 
     def row(name, r):
         c, a = r["coarse"], r["aus"]
@@ -225,26 +252,32 @@ def main() -> None:
         return (f"| {name} | {c['accuracy']:.3f} | {c['uf1']:.3f} | {c['uar']:.3f} | {a['micro_f1']:.3f} | "
                 f"{a['mean_set_f1']:.3f} | {share} |")
 
+    control = (row(f"SFT continued {a['grpo_steps']} more steps (control)", report["sft_continued"])
+               if report["sft_continued"] else "| SFT continued (control) | not run | | | | | |")
     lines = [
         "# GRPO with AU-grounded rewards on top of SFT: tiny Qwen2.5-VL on CPU", "",
         f"Machine: {machine_line(machine)}.", "",
-        f"MEU-Instruct from `mellm build-data` on {args.clips} synthetic clips of {args.subjects} subjects. "
-        f"SFT: {args.sft_steps} steps of batch 8 (coarse, fine, AU-list questions), {sft_s:.0f} s. GRPO from that "
-        f"adapter: {args.grpo_steps} steps of {args.prompts} prompts x {args.generations} sampled answers "
-        f"(temperature {args.temperature}, lr {args.grpo_lr}; coarse and AU-list questions; reward weights "
-        f"{grpo_cfg.rewards.weights}), {grpo_s:.0f} s. Held out: the val and test splits' subjects "
-        f"({len(coarse_rows)} coarse questions, {len(au_rows)} AU-list questions); every adapter is reloaded "
-        "from disk and answers greedily.", "",
+        f"MEU-Instruct from `mellm build-data` on {a['clips']} synthetic clips of {a['subjects']} subjects. "
+        f"SFT: {a['sft_steps']} steps of batch 8 (coarse, fine, AU-list questions), {s['sft']:.0f} s. GRPO from that "
+        f"adapter (`configs/train/tiny_cpu_grpo.yaml`): {a['grpo_steps']} steps of {a['prompts']} prompts x "
+        f"{a['generations']} sampled answers (temperature {a['temperature']}, lr {a['grpo_lr']}; coarse and AU-list "
+        f"questions; reward weights {report['rewards']['weights']}), {s['grpo']:.0f} s. Held out: the val and test "
+        f"splits' subjects {report['held_out_subjects']} ({report['held_out']['coarse']} coarse questions, "
+        f"{report['held_out']['au_list']} AU-list questions), never trained on; every adapter is reloaded from disk "
+        "and answers greedily.", "",
         "| adapter | coarse accuracy | UF1 | UAR | AU micro F1 | AU mean set F1 | claimed AUs the evidence supports |",
         "|---|---|---|---|---|---|---|",
-        row("SFT only", sft_only), row("SFT + GRPO", sft_grpo),
-        row(f"SFT continued {args.grpo_steps} more steps (control)", sft_more), "",
-        f"Mean total reward over the GRPO run: first fifth of the steps {first:.3f}, last fifth {last:.3f}.", "",
+        row("SFT only", report["sft_only"]), row("SFT + GRPO", report["sft_grpo"]), control, "",
+        f"Mean total reward over the GRPO run: first fifth of the steps {report['reward_first_fifth']:.3f}, "
+        f"last fifth {report['reward_last_fifth']:.3f}.", "",
         "Held-out coarse accuracy during GRPO (step: accuracy): "
         + ", ".join(f"{c['step']}: {c['accuracy']:.3f}" for c in curve) + ".", "",
-        "Mean total reward per step: " + ", ".join(f"{s}: {r:.2f}" for s, r in rewards) + ".", "",
+        "Mean total reward per step: " + ", ".join(f"{st}: {r:.2f}" for st, r in rewards) + ".", "",
+        "Per-reward means per step: " + "; ".join(
+            f"{name}: " + ", ".join("-" if v is None else f"{v:.2f}" for v in vals)
+            for name, vals in report["per_reward_mean"].items()) + ".", "",
     ]
-    (args.out / "train_grpo_cpu.md").write_text("\n".join(lines))
+    (out / "train_grpo_cpu.md").write_text("\n".join(lines))
     print("\n".join(lines))
 
 

@@ -136,7 +136,9 @@ def test_grpo_adapter_serves_through_vllm_and_the_gateway(assets, run, tmp_path)
                 "temperature": 0.0})
             assert r.status_code == 200, r.text
             served.append(r.json()["choices"][0]["message"]["content"])
-        assert served == local
+        # vLLM leaves out a trailing incomplete UTF-8 byte sequence that transformers decodes as U+FFFD
+        # (byte-level BPE of a random tiny model); the tokens are the same.
+        assert served == [t.replace("\ufffd", "") for t in local]
         trained = as_trained(adapter, None, None)
         gw = GatewayConfig(upstream=server.cfg.url, model="grpo", media_root=root, max_tokens=8,
                            **{**trained, "perception": PerceptionSettings(flow="dis")})
