@@ -125,6 +125,7 @@ def grpo_dataset(cfg: TrainConfig):
 
     dd, train, _ = select_rows(cfg)  # GRPO does not evaluate during the run (evaluation would sample)
     need, optional = reward_columns(cfg)
+    subjects = sorted(set(train["subject"]))  # recorded in run.json, as SFT does (LOSO checks it)
     train = train.add_column("prompt", [m[:-1] for m in train["messages"]])
     if "motion" in need:
         motions, cache = [], {}
@@ -146,7 +147,7 @@ def grpo_dataset(cfg: TrainConfig):
                               analysis_max_words=cfg.rewards.analysis_max_words, max_repeat=cfg.rewards.max_repeat)
     if cfg.grpo.image_size and not cfg.model.text_only:
         train = train.with_transform(_resize(cfg.grpo.image_size))
-    return train, fingerprint(cfg, dd, train, None), settings
+    return train, {**fingerprint(cfg, dd, train, None), "train_subjects": subjects}, settings
 
 
 def _resize(size: int):
