@@ -115,6 +115,9 @@ def build(cfg: BuildConfig) -> BuildSummary:
     if cfg.exports:
         write_llamafactory({s: rows[s] for s in splits_used}, out, cfg.prompt)
         write_swift({s: rows[s] for s in splits_used}, out, cfg.prompt)
+    with open(out / "records.jsonl", "w") as f:  # labels beside evidence/<key>.json (read by mellm calibrate)
+        for p in perceived:
+            f.write(json.dumps({**p.record.to_dict(), "key": p.record.key, "subject_key": p.record.subject_key}) + "\n")
     with open(out / "failures.jsonl", "w") as f:
         for fail in failures:
             f.write(json.dumps(fail.to_dict()) + "\n")

@@ -26,12 +26,14 @@ def build_data(
     seed: int = typer.Option(0, help="Seed for splits and sampled negatives."),
     limit: Optional[int] = typer.Option(None, min=1, help="At most this many clips per dataset (a quick trial)."),
     exports: bool = typer.Option(True, "--exports/--no-exports", help="Also write LLaMA-Factory and ms-swift files."),
+    calibration: Optional[Path] = typer.Option(None, help="Per-AU thresholds from `mellm calibrate` (recorded in build.json and serving.json)."),
 ):
     """Turn dataset folders into MEU-Instruct instruction data (HF dataset, JSONL, exports, card).
 
     Perception runs once per clip and is cached by clip content and settings: a rerun, or an interrupted run started again, only computes what is missing. Clips that fail are listed in OUT/failures.jsonl with their reason; the build goes on without them.
     """
     from mellm.analyze import PerceptionSettings
+    from mellm.calibrate import with_calibration
     from mellm.data_builders.build import BuildConfig, build
     from mellm.data_builders.export import PromptOptions
     from mellm.data_builders.instruct import SampleOptions
@@ -47,8 +49,8 @@ def build_data(
     if unknown:
         raise MellmError(f"--images: unknown image role(s) {', '.join(unknown)}; known: {', '.join(IMAGE_ROLE_TEXT)}")
     cfg = BuildConfig(
-        datasets=list(zip(dataset, root)), out=out, workers=workers, perception=PerceptionSettings(
-            flow=flow, flow_checkpoint=None if flow_checkpoint is None else str(flow_checkpoint.resolve())),
+        datasets=list(zip(dataset, root)), out=out, workers=workers, perception=with_calibration(PerceptionSettings(
+            flow=flow, flow_checkpoint=None if flow_checkpoint is None else str(flow_checkpoint.resolve())), calibration),
         prompt=PromptOptions(roles, evidence),
         samples=SampleOptions(negatives=negatives, seed=seed), cache=cache, questions=questions, limit=limit,
         exports=exports,

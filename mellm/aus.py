@@ -114,6 +114,8 @@ def nonnegative_lasso(a: np.ndarray, b: np.ndarray, l1: float, iterations: int =
     for _ in range(iterations):
         delta = 0.0
         for j in range(a.shape[1]):
+            if col_sq[j] == 0:  # an AU whose regions are all excluded: nothing to explain
+                continue
             new = max(0.0, x[j] + (a[:, j] @ r - l1) / col_sq[j])
             if new != x[j]:
                 r -= a[:, j] * (new - x[j])
@@ -124,31 +126,44 @@ def nonnegative_lasso(a: np.ndarray, b: np.ndarray, l1: float, iterations: int =
     return x
 
 
-def solve_amplitudes(stats: list[RegionStat]) -> dict[tuple[int, str], float]:
-    """Non-negative AU amplitudes (px) explaining the regions' mean-flow vectors."""
+def solve_amplitudes(stats: list[RegionStat], exclude: set[str] | frozenset = frozenset()) -> dict[tuple[int, str], float]:
+    """Non-negative AU amplitudes (px) explaining the regions' mean-flow vectors. Regions in
+    `exclude` (keys; e.g. the lids of a blinking eye) are left out of the fit."""
     by_key = {s.key: s for s in stats}
     b = np.array([c for k in REGION_KEYS for c in by_key[k].vector])
-    amplitudes = nonnegative_lasso(DESIGN, b, SPARSITY)
-    return {col: float(a) for col, a in zip(COLUMNS, amplitudes)}
+    a = DESIGN
+    if exclude:
+        keep = np.repeat([k not in exclude for k in REGION_KEYS], 2)
+        a, b = a * keep[:, None], b * keep
+    amplitudes = nonnegative_lasso(a, b, SPARSITY)
+    return {col: float(x) for col, x in zip(COLUMNS, amplitudes)}
 
 
-def _score(amplitude: float) -> float:
-    return float(np.clip(amplitude / (2 * PRESENT_PX), 0.0, 1.0))
+def _score(amplitude: float, threshold: float = PRESENT_PX) -> float:
+    return float(np.clip(amplitude / (2 * threshold), 0.0, 1.0))
 
 
-def score_aus(stats: list[RegionStat]) -> list[AUEvidence]:
-    """Every AU the engine knows, with its side and score (present or not), in AU order."""
-    amp = solve_amplitudes(stats)
+def score_aus(stats: list[RegionStat], exclude: set[str] | frozenset = frozenset(),
+              thresholds: dict[int, float] | None = None, floor: float = 0.0,
+              default: float = PRESENT_PX) -> list[AUEvidence]:
+    """Every AU the engine knows, with its side and score (present or not), in AU order.
+
+    An AU's threshold is its calibrated one (`thresholds`, from `mellm calibrate`) or `default`,
+    raised to `floor` (the clip's own noise, mellm.robust.still_noise) when that is higher; the
+    score is amplitude / (2 * threshold), so 0.5 stays the decision point."""
+    amp = solve_amplitudes(stats, exclude)
+    thresholds = thresholds or {}
     out = []
     for au in SIGNATURES:
+        t = max(thresholds.get(au, default), floor, 1e-6)
         if au in MIDLINE:
             a = amp[(au, "both")]
-            out.append(AUEvidence(au, "both", _score(a), a))
+            out.append(AUEvidence(au, "both", _score(a, t), a))
             continue
         left, right = amp[(au, "L")], amp[(au, "R")]
         strong, weak = max(left, right), min(left, right)
         side = "both" if weak >= BOTH_SIDES_RATIO * strong else ("L" if left > right else "R")
-        out.append(AUEvidence(au, side, _score(strong), strong))
+        out.append(AUEvidence(au, side, _score(strong, t), strong))
     return out
 
 

@@ -188,15 +188,20 @@ def analyze(
     flow: str = typer.Option("tvl1", help="Optical flow: tvl1, dis, farneback or meflownet (learned; needs --flow-checkpoint)."),
     flow_checkpoint: Optional[Path] = typer.Option(None, help="meflownet: a `mellm train-flow` run directory or its model/meflownet.pt."),
     fps: Optional[float] = typer.Option(None, help="Frame rate of a frame folder (videos carry their own)."),
+    calibration: Optional[Path] = typer.Option(None, help="Per-AU thresholds from `mellm calibrate` (recorded in evidence.json)."),
+    legacy: bool = typer.Option(False, help="Perception without the nuisance defences (blinks, head pre-alignment, flicker, noise floor), as before."),
 ):
     """Motion evidence for one clip: regions, Action Units, description and flow colour map."""
     from mellm.analyze import PerceptionSettings, analyze_clip, save_analysis
+    from mellm.calibrate import with_calibration
 
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file, not a folder")
 
+    settings = (PerceptionSettings.legacy if legacy else PerceptionSettings)(
+        flow=flow, flow_checkpoint=None if flow_checkpoint is None else str(flow_checkpoint.resolve()))
     result = analyze_clip(clip, onset=onset, apex=apex, offset=offset, fps=fps,
-                          settings=PerceptionSettings(flow=flow, flow_checkpoint=None if flow_checkpoint is None else str(flow_checkpoint.resolve())))
+                          settings=with_calibration(settings, calibration))
     save_analysis(result, out)
     typer.echo(result.evidence.description)
     typer.echo(f"\nwrote {out / 'evidence.json'}, {out / 'flow.png'}, {out / 'description.txt'}", err=True)
@@ -237,6 +242,23 @@ def spot(
         typer.echo(f"vs truth ({len(truth_rows)} intervals): P {m.overall.precision:.3f} R {m.overall.recall:.3f} "
                    f"F1 {m.overall.f1:.3f} at IoU >= 0.5")
     typer.echo(f"wrote {out / 'spots.json'}, {out / 'curve.png'}", err=True)
+
+
+@app.command()
+@user_errors
+def calibrate(
+    build: Path = typer.Option(..., help="A `mellm build-data --out` folder of a dataset with AU labels."),
+    out: Path = typer.Option(..., help="The calibration file to write (JSON)."),
+):
+    """Fit per-AU decision thresholds from a build's evidence and AU labels.
+
+    Each AU's threshold maximises its F1; F1 before (default threshold) and after is reported leave-one-subject-out, so no subject is scored by a threshold fitted on it. Give the file to analyze, build-data, serve or gateway with --calibration.
+    """
+    from mellm.calibrate import markdown, write_calibration
+
+    doc = write_calibration(build, out)
+    typer.echo(markdown(doc))
+    typer.echo(f"wrote {out}", err=True)
 
 
 # The stages' commands, in pipeline order. Their modules import only typer at the top.

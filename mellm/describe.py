@@ -29,11 +29,11 @@ def _adverb(px: float) -> str:
     return " slightly" if px < 0.6 else (" markedly" if px >= 1.2 else "")
 
 
-def _merge_eyelids(stats: list[RegionStat]) -> list[tuple[str, str, float, str]]:
+def _merge_eyelids(stats: list[RegionStat], skip: set[str] | frozenset = frozenset()) -> list[tuple[str, str, float, str]]:
     """(name, side, px, octant) entries; the three thirds of an eyelid become one entry."""
     entries, lids = [], {}
     for s in stats:
-        if not s.significant:
+        if not s.significant or s.key in skip:
             continue
         if "eyelid" in s.name:
             base = s.name.rsplit(" ", 1)[0]
@@ -87,10 +87,11 @@ def _subject(name: str, side: str) -> str:
     return both if side == "both" else one.format(side=SIDE_WORD[side])
 
 
-def motion_phrases(stats: list[RegionStat], limit: int = MAX_PHRASES) -> tuple[list[str], int]:
+def motion_phrases(stats: list[RegionStat], limit: int = MAX_PHRASES,
+                   skip: set[str] | frozenset = frozenset()) -> tuple[list[str], int]:
     """("the inner ends of both brows rise slightly (0.9 px, up)", ...) strongest first, and how
-    many weaker moving regions were left out."""
-    entries = _pair(_merge_eyelids(stats))
+    many weaker moving regions were left out. Regions in `skip` (a blinking eye's lids) are not described."""
+    entries = _pair(_merge_eyelids(stats, skip))
     phrases = []
     for name, side, px, octant in entries[:limit]:
         verb = (MOTION_WORD_PLURAL if side == "both" else MOTION_WORD)[octant]
@@ -103,11 +104,14 @@ def au_phrase(au: AUEvidence) -> str:
 
 
 def describe(stats: list[RegionStat], aus: list[AUEvidence], onset: int, apex: int,
-             fps: float | None, head_px: float) -> str:
+             fps: float | None, head_px: float, skip: set[str] | frozenset = frozenset(),
+             blink_sides: list[str] = (), floor_px: float | None = None) -> str:
+    """`skip`: region keys left out (a blinking eye's lids, named by `blink_sides`); `floor_px`:
+    the clip's noise floor when AUs were held to it (then a clip without AUs says it shows no ME)."""
     span = f"from onset frame {onset} to apex frame {apex}"
     if fps:
         span += f" ({1000 * (apex - onset) / fps:.0f} ms)"
-    phrases, left_out = motion_phrases(stats)
+    phrases, left_out = motion_phrases(stats, skip=skip)
     sentences = []
     if phrases:
         sentences.append(f"Facial motion {span}: " + "; ".join(phrases) + ".")
@@ -116,8 +120,14 @@ def describe(stats: list[RegionStat], aus: list[AUEvidence], onset: int, apex: i
         sentences.append(f"No significant facial motion {span}.")
     if head_px >= 0.3:
         sentences.append(f"Head motion of {head_px:.1f} px was removed first.")
+    if blink_sides:
+        eyes = "both eyes" if len(blink_sides) == 2 else f"the {SIDE_WORD[blink_sides[0]]} eye"
+        sentences.append(f"A blink of {eyes} falls between these frames; the eyelid motion is left out.")
     if aus:
         sentences.append("Action units suggested by the motion: " + ", ".join(au_phrase(a) for a in aus) + ".")
-    else:
+    elif floor_px is None:
         sentences.append("No action unit reaches the detection threshold.")
+    else:
+        sentences.append(f"No action unit reaches the detection threshold (motion must exceed {floor_px:.2f} px, "
+                         "set by this clip's own noise): no micro-expression is evident.")
     return " ".join(sentences)

@@ -36,6 +36,9 @@ class Evidence:
     timings_ms: dict[str, float]
     settings: dict
     motion_curve: dict | None = None  # {"frames": [...], "magnitude": [...]} when the apex was spotted
+    # How the clip's nuisances were met (mellm.robust): noise_px / noise_floor_px, eyes (blink),
+    # illumination gain, lossy source and prefilter, excluded regions. None in older records.
+    quality: dict | None = None
     schema_version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict:

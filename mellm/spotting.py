@@ -3,7 +3,7 @@
 For every frame between onset and offset, flow from the onset is computed on a small face crop
 (fast DIS), global head motion is removed, and the frame's motion is the mean of the strongest 5%
 of flow magnitudes inside the face (an ME moves a small part of the face, so a plain mean would
-drown it in noise). The curve is smoothed over 3 frames; its maximum is the apex.
+drown it in noise). The curve is smoothed over a few frames (3 by default); its maximum is the apex.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from mellm.register import Canonical, warp
 from mellm.video import Clip
 
 TOP_FRACTION = 0.05
+BORDER = 0.04  # share of the crop size at its edges left out when eyes=False (the robust curve)
+EYE_MARGIN = 0.25  # IOD around the eye outlines left out when eyes=False (0.15 let 2 of 8 blinks steer the apex)
 
 
 @dataclass
@@ -36,14 +38,29 @@ class MotionCurve:
 
 
 def motion_curve(clip: Clip, onset: int, onset_rgb: np.ndarray, last: int, canon: Canonical, size: int = 128,
-                 method: str = "dis", head_motion: str = "affine", batch: int = 32,
-                 checkpoint: str | None = None) -> MotionCurve:
-    """The curve over frames onset+1..last; `onset_rgb` is frame `onset`, already decoded by the caller."""
+                 method: str = "dis", head_motion: str = "affine", batch: int = 32, eyes: bool = True,
+                 pool: float = 0.0, smooth: int = 3, checkpoint: str | None = None) -> MotionCurve:
+    """The curve over frames onset+1..last; `onset_rgb` is frame `onset`, already decoded by the caller.
+
+    eyes=False leaves the eyes (with EYE_MARGIN IOD around them) and the crop's edges (BORDER) out
+    of the face mask, so a blink (large, fast, and unrelated to the ME) or a head leaving the crop
+    cannot become the apex. pool > 0 averages the flow over boxes of `pool` IOD before the
+    strongest pixels are taken: an ME moves patches of skin coherently, compression and sensor
+    noise move single pixels."""
+    from mellm.robust import eye_mask
+
     scale = size / canon.size
     matrix = canon.matrix * scale
     lm = canon.landmarks * scale
     iod = canon.iod * scale
     fmask, smask, nmask = face_mask(lm, size, iod), stable_mask(lm, size, iod), nose_mask(lm, size, iod)
+    if not eyes:
+        fmask = fmask & ~eye_mask(lm, size, iod, EYE_MARGIN + pool)
+        # Nor the crop's edge: where a moving, scaling head leaves the crop, the warp smears
+        # border pixels and the flow there is large and meaningless (a chin at the edge did).
+        edge = max(2, int(round(BORDER * size)))
+        fmask[:edge], fmask[-edge:], fmask[:, :edge], fmask[:, -edge:] = False, False, False, False
+    box = 2 * int(round(pool * iod)) + 1
     flow_fn = get_flow(method, checkpoint if method in CHECKPOINT_BACKENDS else None)
     onset_crop = warp(_gray(onset_rgb), matrix, size)
     frames = clip.numbers_between(onset + 1, last)
@@ -51,10 +68,13 @@ def motion_curve(clip: Clip, onset: int, onset_rgb: np.ndarray, last: int, canon
     for start in range(0, len(frames), batch):  # bounded memory for long clips
         for img in clip.read_many(frames[start:start + batch]):
             flow, _ = expression_flow(flow_fn, onset_crop, warp(_gray(img), matrix, size), smask, nmask, head_motion)
+            if box > 1:
+                flow = cv2.blur(flow, (box, box))
             m = np.linalg.norm(flow[fmask], axis=-1)
             k = max(1, int(TOP_FRACTION * m.size))
             mags.append(float(np.partition(m, m.size - k)[-k:].mean()))
-    smoothed = np.convolve(np.pad(mags, 1, mode="edge"), np.ones(3) / 3, mode="valid") if mags else np.array([])
+    half = smooth // 2
+    smoothed = np.convolve(np.pad(mags, half, mode="edge"), np.ones(2 * half + 1) / (2 * half + 1), mode="valid") if mags else np.array([])
     return MotionCurve(frames, mags, [float(v) for v in smoothed])
 
 

@@ -28,6 +28,8 @@ from mellm.errors import (
     UnreadableClipError,
 )
 
+LOSSY_IMAGE_SUFFIXES = {".jpg", ".jpeg"}
+LOSSLESS_CODECS = {"ffv1", "ffvhuff", "huffyuv", "png", "rawvideo", "utvideo", "qtrle", "magicyuv"}
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
 # In the order clip lookup tries them when a path has no extension (mellm.media).
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".mpg", ".mpeg", ".m4v", ".wmv", ".flv")
@@ -133,6 +135,23 @@ class Clip:
     @property
     def last_frame(self) -> int:
         return self.frame_numbers[-1]
+
+    @property
+    def lossy(self) -> bool:
+        """Whether the clip was stored with lossy compression (JPEG frames, or a video codec other
+        than a lossless one): perception then smooths before measuring sub-pixel motion."""
+        if self.kind == "frames":
+            return any(f.suffix.lower() in LOSSY_IMAGE_SUFFIXES for f in self.frame_files[:1])
+        if "_lossy" not in self.__dict__:
+            try:
+                import av
+
+                with av.open(str(self.path)) as container:
+                    codec = container.streams.video[0].codec_context.name
+            except Exception:
+                codec = ""
+            self.__dict__["_lossy"] = codec not in LOSSLESS_CODECS
+        return self.__dict__["_lossy"]
 
     def check_frame(self, n: int, what: str = "frame") -> None:
         if n not in self._position:

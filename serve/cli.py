@@ -50,6 +50,7 @@ def serve(
     evidence: Optional[bool] = typer.Option(None, "--evidence/--no-evidence", help="Gateway: motion text in the prompt."),
     allow_media_host: list[str] = typer.Option([], help="A host whose image URLs chat requests may name, for vLLM and "
                                                         "the gateway (repeatable). Default: none, images go inline."),
+    calibration: Optional[Path] = typer.Option(None, help="Gateway: per-AU thresholds from `mellm calibrate` (default: the adapter's)."),
     log: Path = typer.Option(Path("vllm.log"), help="vLLM's log file."),
     startup_timeout: float = typer.Option(900, help="Seconds to wait for vLLM to become healthy."),
 ):
@@ -78,7 +79,7 @@ def serve(
         if gateway:
             trained = next(iter(adapters.values()), Path(model) if Path(model).is_dir() else None)
             gw = GatewayConfig(upstream=cfg.url, model=names[-1], api_key=api_key, upstream_api_key=api_key,
-                               media_root=media_root, allowed_media_hosts=hosts, **as_trained(trained, images, evidence))
+                               media_root=media_root, allowed_media_hosts=hosts, **as_trained(trained, images, evidence, calibration))
             typer.echo(f"ME gateway at http://{host}:{gateway_port} (model {gw.model}); its web page is at "
                        f"http://{host}:{gateway_port}/; try:\n"
                        f"  mellm ask CLIP \"What is the coarse expression class?\" --endpoint http://{host}:{gateway_port}")
@@ -104,6 +105,7 @@ def gateway(
     adapter_dir: Optional[Path] = typer.Option(None, help="Ask as this adapter (or merged model) was trained: its serving.json."),
     images: Optional[str] = typer.Option(None, help="Image roles, e.g. onset,apex,flow."),
     evidence: Optional[bool] = typer.Option(None, "--evidence/--no-evidence", help="Motion text in the prompt."),
+    calibration: Optional[Path] = typer.Option(None, help="Per-AU thresholds from `mellm calibrate` (default: the adapter's)."),
     max_upload_mb: float = typer.Option(200, help="Largest accepted upload."),
     timeout: float = typer.Option(120, help="Per-request time limit, seconds."),
     concurrency: int = typer.Option(2, help="Clips analysed at once."),
@@ -122,7 +124,7 @@ def gateway(
                         max_concurrency=concurrency, max_queue=queue, max_frames=max_frames,
                         max_frame_pixels=int(max_megapixels * 1e6), max_questions=max_questions,
                         allowed_media_hosts=tuple(h.strip().lower() for h in allow_media_host if h.strip()),
-                        **as_trained(adapter_dir, images, evidence))
+                        **as_trained(adapter_dir, images, evidence, calibration))
     typer.echo(f"ME gateway at http://{host}:{port} -> {upstream} (model {model}); web page: http://{host}:{port}/")
     _run_gateway(cfg, host, port)
 

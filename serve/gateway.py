@@ -95,10 +95,13 @@ class GatewayConfig:
                 "limit_concurrency": self.max_connections, "h11_max_incomplete_event_size": 64 * 1024}
 
 
-def as_trained(trained_dir: Path | None, images: str | None, evidence: bool | None) -> dict:
+def as_trained(trained_dir: Path | None, images: str | None, evidence: bool | None,
+               calibration: Path | None = None) -> dict:
     """Gateway settings: explicit flags, else how the adapter's training data was prompted and
-    perceived (its serving.json), else the build-data defaults. Asking the model in any other way
-    than it was trained is train/serve skew."""
+    perceived (its serving.json, calibration included), else the build-data defaults. Asking the
+    model in any other way than it was trained is train/serve skew. `calibration` (a file from
+    `mellm calibrate`) replaces the AU thresholds."""
+    from mellm.calibrate import with_calibration
     from mellm.serve.vllm_server import serving_notes
 
     notes = serving_notes(trained_dir) if trained_dir is not None else {}
@@ -106,7 +109,11 @@ def as_trained(trained_dir: Path | None, images: str | None, evidence: bool | No
     roles = tuple(prompt.get("image_roles", IMAGE_ROLES))
     with_evidence = bool(prompt.get("evidence_in_prompt", True))
     known = {f.name for f in fields(PerceptionSettings)}
-    perception = PerceptionSettings(**{k: v for k, v in (notes.get("perception") or {}).items() if k in known})
+    trained = notes.get("perception") or {}
+    # Data built before the nuisance defences existed was perceived without them: serve it so.
+    base = PerceptionSettings.legacy().to_dict() if trained and "pre_align" not in trained else {}
+    perception = PerceptionSettings(**{k: v for k, v in {**base, **trained}.items() if k in known})
+    perception = with_calibration(perception, calibration)
     if images is not None:
         roles = tuple(r.strip() for r in images.split(",") if r.strip())
     if evidence is not None:

@@ -127,3 +127,14 @@ def test_synthetic_adapter_records_me_free_clips(nuisance_corpus):
     free = [c for c in clips if c.me_free]
     assert len(loaded.records) == len(clips) - len(free)
     assert [f.reason for f in loaded.failures] == ["no_expression"] * len(free)
+
+
+def test_synth_cli_rejects_bad_nuisance_options(tmp_path):
+    from typer.testing import CliRunner
+
+    from mellm.cli import app
+
+    for args, message in ((["--amplitude", "1-0.2"], "LOW is above HIGH"), (["--identities", "nobody"], "unknown face identity"),
+                          (["--iod", "50-120"], "need --identities"), (["--codec", "vp9"], "unknown codec")):
+        result = CliRunner().invoke(app, ["synth", "--out", str(tmp_path / "x"), "--n", "1", *args])
+        assert result.exit_code == 2 and message in result.output, result.output

@@ -55,3 +55,20 @@ def test_gateway_asks_as_the_adapter_was_trained(tmp_path):
     overridden = as_trained(a, "onset,apex", True)
     assert overridden["image_roles"] == ("onset", "apex") and overridden["evidence_in_prompt"] is True
     assert as_trained(None, None, None)["image_roles"] == ("onset", "apex", "flow")
+
+
+def test_gateway_perceives_and_calibrates_as_the_adapter_was_trained(tmp_path):
+    """serving.json from before the nuisance defences -> legacy perception; from after -> as
+    recorded, calibration thresholds included; --calibration replaces them."""
+    from mellm.analyze import PerceptionSettings
+
+    old = adapter(tmp_path / "old", notes={"perception": {"flow": "dis", "crop_size": 256}})
+    assert as_trained(old, None, None)["perception"] == PerceptionSettings.legacy(flow="dis")
+    built = {**PerceptionSettings(au_thresholds=((12, 0.3),), calibration="c.json@1").to_dict(), "key": "x"}
+    new = adapter(tmp_path / "new", notes={"perception": json.loads(json.dumps(built))})
+    p = as_trained(new, None, None)["perception"]
+    assert p.au_thresholds == ((12, 0.3),) and p.calibration == "c.json@1" and p.noise_floor > 0
+    cal = tmp_path / "cal.json"
+    cal.write_text(json.dumps({"format": "mellm-calibration/1", "thresholds": {"4": 0.2, "12": 0.1}}))
+    p = as_trained(new, None, None, cal)["perception"]
+    assert p.au_thresholds == ((4, 0.2), (12, 0.1)) and p.calibration.startswith("cal.json@")
