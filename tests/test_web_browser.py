@@ -1,7 +1,8 @@
 """The gateway's web page in a real headless browser (Playwright driving Debian's chromium), in front
 of a real vLLM server with the tiny model: a researcher uploads a synthetic clip and sees frames, flow
 map, regions, evidence and answers; picks a clip under the media root by keyboard; a bad clip shows
-the API's reason; a wrong key is refused. Every request the page makes goes to the gateway.
+the API's reason (no face, bad frame range, too large, busy); a wrong key is refused. Every request
+the page makes goes to the gateway.
 
 Screenshots at a desktop's and a phone's width go to $MELLM_SCREENSHOTS when it is set (that is how
 docs/images/web-*.png are made), else to a temporary folder."""
@@ -10,9 +11,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
+import time
 from pathlib import Path
 
 import cv2
+import httpx
 import numpy as np
 import pytest
 
@@ -270,3 +274,36 @@ def test_a_wrong_api_key_is_refused(browser, gateway, clips):
     assert page.is_hidden("#results")
     assert_only_the_gateway(requests, gateway)
     page.close()
+
+
+def test_a_busy_gateway_says_so(browser, vllm_server, clips, tmp_path):
+    """One request at a time and none waiting: while a slow clip is analysed, the page's request is
+    refused with the API's 429 and its Retry-After, and the page says so."""
+    _, _, uploads = clips
+    (slow,) = generate_corpus(tmp_path, n=1, seed=7, config=SynthConfig(n_frames=90, width=640, height=480, face_iod=120))
+    cfg = GatewayConfig(upstream=vllm_server.cfg.url, model="me", api_key=KEY, media_root=tmp_path, max_tokens=24,
+                        max_concurrency=1, max_queue=0)  # TV-L1 and apex spotting over 90 frames: seconds
+    with serve_in_thread(create_app(cfg)) as url:
+        requests: list[str] = []
+        page = open_page(browser, url, DESKTOP, requests)
+        page.wait_for_selector("#connection:has-text('Connected')")
+        page.set_input_files("#file", str(uploads / "clip.zip"))
+        held = {}
+        holder = threading.Thread(target=lambda: held.setdefault("r", httpx.post(
+            url + "/v1/me/analyze", headers={"Authorization": f"Bearer {KEY}"}, data={"path": slow.frames_dir},
+            timeout=300)))
+        holder.start()
+        deadline = time.time() + 60
+        while httpx.get(url + "/health").json()["load"]["running"] < 1:
+            assert time.time() < deadline and holder.is_alive(), "the slow request never started"
+            time.sleep(0.01)
+        with page.expect_response(lambda r: r.url.endswith("/v1/me/analyze")) as reply:
+            page.click("#analyse")
+        assert reply.value.status == 429
+        page.wait_for_selector("#error:has-text('HTTP 429')")
+        text = page.inner_text("#error")
+        assert "busy" in text and "Try again in 2 s" in text
+        holder.join(timeout=300)
+        assert held["r"].status_code == 200, held["r"].text  # the gateway kept serving the one it took
+        assert_only_the_gateway(requests, url)
+        page.close()
