@@ -134,6 +134,7 @@ def run_lvqa_gateway(questions: Path, media_root: Path, endpoint: str, out: Path
                 failures += [{"id": r.id, "video": video, "error": f"{type(e).__name__}: {e}"} for r in vrows]
                 continue
             model = {a["question"]: a["answer"] for a in body["answers"]}
+            refused = {e["question"]: f"HTTP {e['status']}: {e['message']}" for e in body.get("errors", [])}
             free = {a["question"]: a["answer"] for a in body["baseline"]}
             for r in vrows:
                 row = {"id": r.id, "video_id": r.id, "video": r.video, "question": r.question}
@@ -142,7 +143,9 @@ def run_lvqa_gateway(questions: Path, media_root: Path, endpoint: str, out: Path
                     pred.write(json.dumps({**row, "answer": model[r.question]}) + "\n")
                     answered += 1
                 else:
-                    failures.append({"id": r.id, "video": video, "error": "the model gave no answer"})
+                    failures.append({"id": r.id, "video": video,
+                                     "error": refused.get(r.question, "the model gave no answer") + "".join(
+                                         f"; note: {n}" for n in body.get("notes", []))})
     with open(out / "failures.jsonl", "w") as f:
         for x in failures:
             f.write(json.dumps(x) + "\n")

