@@ -118,12 +118,12 @@ def run_lvqa_gateway(questions: Path, media_root: Path, endpoint: str, out: Path
     failures, answered = [], 0
     with open(out / "predictions.jsonl", "w") as pred, open(out / "baseline" / "predictions.jsonl", "w") as base:
         for video, vrows in by_video.items():
-            data = [("question", r.question) for r in vrows]
+            data = {"question": [r.question for r in vrows]}  # a dict: httpx's multipart takes no list of pairs
             try:
                 source = index.resolve(vrows[0])
                 rel = None if upload else _relative(source, media_root)
                 if rel is not None:
-                    reply = httpx.post(url, data=data + [("path", rel)], headers=headers, timeout=timeout_s)
+                    reply = httpx.post(url, data={**data, "path": rel}, headers=headers, timeout=timeout_s)
                 else:
                     with open(source, "rb") as f:
                         reply = httpx.post(url, data=data, files={"file": (source.name, f)}, headers=headers, timeout=timeout_s)

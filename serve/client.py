@@ -93,12 +93,12 @@ def ask_long(clip: str, questions: list[str], endpoint: str, api_key: str | None
     """POST a long video to `endpoint`/v1/me/analyze_long (upload, or with `remote` a media path)."""
     from pydantic import ValidationError
 
-    data = [("question", q) for q in questions] + ([("model", model)] if model else [])
+    data: dict = {"question": list(questions), **({"model": model} if model else {})}  # multipart takes a dict
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     url = endpoint.rstrip("/") + "/v1/me/analyze_long"
     try:
         if remote:
-            r = httpx.post(url, data=data + [("path", clip)], headers=headers, timeout=timeout_s)
+            r = httpx.post(url, data={**data, "path": clip}, headers=headers, timeout=timeout_s)
         else:
             path = Path(clip)
             if not path.is_file():

@@ -23,8 +23,6 @@ def mellm(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
                           cwd=REPO)
 
 
-@pytest.mark.xfail(strict=False, reason="when this landed: synth -> build-data -> train -> vLLM -> gateway all ran, "
-                   "but `mellm eval run-lvqa` stopped with an undiagnosed error after writing its first predictions")
 def test_lvqa_from_synthetic_long_videos_to_the_report(tmp_path):
     from mellm.serve.background import free_port, serve_in_thread
     from mellm.serve.gateway import GatewayConfig, create_app
