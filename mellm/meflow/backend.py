@@ -20,11 +20,10 @@ from mellm.errors import ConfigError, MellmError
 
 @functools.lru_cache(maxsize=4)
 def _load(path: str, mtime_ns: int):
-    import torch
-
     from mellm.meflow.model import load_model
 
-    torch.set_grad_enabled(False)
+    # Inference runs under torch.inference_mode() (below); never switch autograd off for the
+    # whole process: a training run in the same process would silently stop getting gradients.
     return load_model(path)
 
 
