@@ -40,14 +40,11 @@ def analyze_request(clip: str | Path, options: AnalyzeOptions, remote: bool = Fa
     return {"data": form, "files": {"file": (path.name, path.read_bytes(), "application/octet-stream")}}
 
 
-def ask(clip: str, options: AnalyzeOptions, endpoint: str, api_key: str | None = None, remote: bool = False,
-        timeout_s: float = 300.0) -> AnalyzeReply:
-    """POST the clip to `endpoint`/v1/me/analyze and return the validated reply."""
-    request = analyze_request(clip, options, remote)
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    url = endpoint.rstrip("/") + "/v1/me/analyze"
+
+def _post_for_json(url: str, endpoint: str, **request):
+    """POST and return the JSON body of a 200 reply; an unreachable gateway or a non-200 -> MellmError."""
     try:
-        r = httpx.post(url, headers=headers, timeout=timeout_s, **request)
+        r = httpx.post(url, **request)
     except httpx.HTTPError as e:
         raise MellmError(f"cannot reach the gateway at {endpoint}: {type(e).__name__}: {e}") from None
     try:
@@ -56,6 +53,15 @@ def ask(clip: str, options: AnalyzeOptions, endpoint: str, api_key: str | None =
         body = None
     if r.status_code != 200:
         raise MellmError(f"the gateway answered HTTP {r.status_code}: {error_message(body, r.text[:300])}")
+    return body
+
+def ask(clip: str, options: AnalyzeOptions, endpoint: str, api_key: str | None = None, remote: bool = False,
+        timeout_s: float = 300.0) -> AnalyzeReply:
+    """POST the clip to `endpoint`/v1/me/analyze and return the validated reply."""
+    request = analyze_request(clip, options, remote)
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    url = endpoint.rstrip("/") + "/v1/me/analyze"
+    body = _post_for_json(url, endpoint, headers=headers, timeout=timeout_s, **request)
     try:
         return read_reply(body)
     except ReplyError as e:
@@ -96,23 +102,15 @@ def ask_long(clip: str, questions: list[str], endpoint: str, api_key: str | None
     data: dict = {"question": list(questions), **({"model": model} if model else {})}  # multipart takes a dict
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     url = endpoint.rstrip("/") + "/v1/me/analyze_long"
-    try:
-        if remote:
-            r = httpx.post(url, data={**data, "path": clip}, headers=headers, timeout=timeout_s)
-        else:
-            path = Path(clip)
-            if not path.is_file():
-                raise MellmError(f"{path}: no such video file (a long video is uploaded as a file)")
-            with open(path, "rb") as f:
-                r = httpx.post(url, data=data, files={"file": (path.name, f)}, headers=headers, timeout=timeout_s)
-    except httpx.HTTPError as e:
-        raise MellmError(f"cannot reach the gateway at {endpoint}: {type(e).__name__}: {e}") from None
-    try:
-        body = r.json()
-    except ValueError:
-        body = None
-    if r.status_code != 200:
-        raise MellmError(f"the gateway answered HTTP {r.status_code}: {error_message(body, r.text[:300])}")
+    if remote:
+        body = _post_for_json(url, endpoint, data={**data, "path": clip}, headers=headers, timeout=timeout_s)
+    else:
+        path = Path(clip)
+        if not path.is_file():
+            raise MellmError(f"{path}: no such video file (a long video is uploaded as a file)")
+        with open(path, "rb") as f:
+            body = _post_for_json(url, endpoint, data=data, files={"file": (path.name, f)}, headers=headers,
+                                  timeout=timeout_s)
     try:
         return LongAnalyzeReply.model_validate(body)
     except ValidationError as e:
