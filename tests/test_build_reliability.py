@@ -10,7 +10,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -23,44 +22,35 @@ from mellm.synth import SynthConfig, generate_corpus
 SMALL = SynthConfig(n_frames=8, width=320, height=240, face_iod=60, n_subjects=2)
 
 
-def _as_nobody(cmd: list[str], env: dict) -> list[str]:
-    """Run `cmd` without read rights on what its user does not own: root reads everything."""
+def _without_read_override(cmd: list[str]) -> list[str]:
+    """Run `cmd` so that file modes bind it: root reads everything unless it drops the two capabilities
+    that override them. It stays root (so it still reads a checkout under a private temp dir, as a fresh
+    clone in `mktemp -d` is) but can no longer open a folder whose mode is 000."""
     if os.geteuid() != 0:
         return cmd
     if not shutil.which("setpriv"):
         pytest.skip("running as root and setpriv is missing: cannot drop read rights")
-    return ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--", *cmd]
+    return ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--", *cmd]
 
 
-def test_an_unreadable_clip_folder_is_a_recorded_failure_and_the_build_goes_on():
-    base = Path(tempfile.mkdtemp(prefix="mellm-unreadable-"))
+def test_an_unreadable_clip_folder_is_a_recorded_failure_and_the_build_goes_on(tmp_path):
+    root, out = tmp_path / "clips", tmp_path / "out"
+    clips = generate_corpus(root, n=3, seed=4, config=SMALL)
+    locked = root / clips[1].frames_dir
+    os.chmod(locked, 0o000)
     try:
-        os.chmod(base, 0o777)
-        root, out = base / "clips", base / "out"
-        clips = generate_corpus(root, n=3, seed=4, config=SMALL)
-        for p in root.rglob("*"):
-            os.chmod(p, 0o755 if p.is_dir() else 0o644)
-        locked = root / clips[1].frames_dir
-        os.chmod(locked, 0o000)
-        env = {**os.environ, "HOME": str(base), "HF_HOME": str(base / "hf"), "MPLCONFIGDIR": str(base / "mpl"),
-               "HF_DATASETS_CACHE": str(base / "hf")}
         cmd = [sys.executable, "-m", "mellm.cli", "build-data", "--dataset", "synth", "--root", str(root),
                "--out", str(out), "--flow", "dis", "--no-exports"]
-        run = subprocess.run(_as_nobody(cmd, env), capture_output=True, text=True, timeout=600, env=env)
-        assert run.returncode == 0, run.stderr[-3000:]
-        assert "Traceback" not in run.stderr
-        [failure] = [json.loads(line) for line in (out / "failures.jsonl").read_text().splitlines()]
-        assert failure["clip"].endswith(clips[1].clip_id) and failure["reason"] == "unreadable"
-        assert "Permission denied" in failure["message"] and str(locked) in failure["message"]
-        built = json.loads((out / "build.json").read_text())["counts"]
-        assert built["built"] == 2 and built["failed"] == 1
+        run = subprocess.run(_without_read_override(cmd), capture_output=True, text=True, timeout=600)
     finally:
-        for p in [base, *base.rglob("*")] if base.exists() else []:
-            try:
-                os.chmod(p, 0o755)
-            except OSError:
-                pass
-        shutil.rmtree(base, ignore_errors=True)
+        os.chmod(locked, 0o755)  # so that pytest can clean tmp_path up
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "Traceback" not in run.stderr
+    [failure] = [json.loads(line) for line in (out / "failures.jsonl").read_text().splitlines()]
+    assert failure["clip"].endswith(clips[1].clip_id) and failure["reason"] == "unreadable"
+    assert "Permission denied" in failure["message"] and str(locked) in failure["message"]
+    built = json.loads((out / "build.json").read_text())["counts"]
+    assert built["built"] == 2 and built["failed"] == 1
 
 
 def test_repeated_rows_are_kept_once_and_contradicting_rows_are_refused(tmp_path):
