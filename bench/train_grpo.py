@@ -8,7 +8,8 @@ One run, one set of held-out clips (the val and test splits' subjects, never tra
    few steps, so the held-out accuracy curve sits beside the mean-reward curve.
 4. SFT-only and SFT+GRPO adapters, both reloaded from disk as a server loads them, answer the
    same held-out questions: coarse accuracy (UF1, UAR), AU F1 on the AU-list question, and the
-   share of claimed AUs that the clip's measured motion supports (train.rewards.evidence_support).
+   share of claimed AUs the clip's evidence supports (mellm.aus.claim_support: perception found
+   the AU, on the claimed side; the definition the evidence reward and the gateway use).
    The baseline "SFT continued for as many extra steps" is reported too, so that GRPO is not
    credited for extra training alone.
 
@@ -60,25 +61,39 @@ def coarse_scores(model, processor, rows) -> dict:
 
 
 def au_scores(model, processor, rows, data_dir: Path) -> dict:
-    """AU F1 of the AU-list answers and the share of claimed AUs the measured motion supports."""
-    from mellm.answers import parse_answer
+    """AU F1 of the AU-list answers and the share of claimed AUs the evidence supports (the one
+    definition, mellm.aus.claim_support, that the evidence reward and the gateway use too)."""
+    from mellm.answers import claimed_aus, parse_answer
+    from mellm.aus import present_aus, supported_share
     from mellm.eval.metrics import multilabel_f1, set_f1
     from mellm.train.grpo import _evidence_path
-    from mellm.train.rewards import claimed_aus, evidence_support, motion_of
 
     texts = greedy(model, processor, rows, 24)
     pred = [parse_answer(r["question"], t).aus for r, t in zip(rows, texts)]
     gold = [set(r["aus"]) for r in rows]
     supported = claimed = 0
     for r, t in zip(rows, texts):
-        motion = motion_of(json.loads(_evidence_path(data_dir, r["id"], r["qtype"]).read_text()))
-        support = evidence_support(claimed_aus(r["question"], t), motion)
-        claimed += len(support)
-        supported += sum(support.values())
+        found = present_aus(json.loads(_evidence_path(data_dir, r["id"], r["qtype"]).read_text()))
+        s, c = supported_share(claimed_aus(r["question"], t), found)
+        supported, claimed = supported + s, claimed + c
     return {"micro_f1": multilabel_f1(gold, pred).micro_f1,
             "mean_set_f1": sum(set_f1(g, p) for g, p in zip(gold, pred)) / len(gold),
             "claimed": claimed, "supported": supported,
-            "supported_share": supported / claimed if claimed else None, "n": len(rows), "examples": texts[:3]}
+            "supported_share": supported / claimed if claimed else None, "n": len(rows), "answers": texts}
+
+
+def reference_support(rows, data_dir: Path) -> dict:
+    """The same share for the reference answers: how far perception backs the labels (a ceiling)."""
+    from mellm.answers import claimed_aus
+    from mellm.aus import present_aus, supported_share
+    from mellm.train.grpo import _evidence_path
+
+    supported = claimed = 0
+    for r in rows:
+        found = present_aus(json.loads(_evidence_path(data_dir, r["id"], r["qtype"]).read_text()))
+        s, c = supported_share(claimed_aus(r["question"], r["answer"]), found)
+        supported, claimed = supported + s, claimed + c
+    return {"claimed": claimed, "supported": supported, "supported_share": supported / claimed if claimed else None}
 
 
 def load(model_dir: Path, adapter: Path):
@@ -170,7 +185,8 @@ def main() -> None:
         common = [f"data.dir={data}", f"model.name_or_path={model_dir}", "train.report_to=[]", f"seed={args.seed}",
                   "lora.r=16", "lora.alpha=32"]
         sft_common = common + ["train.batch_size=8", "train.lr=2e-3", "train.warmup_ratio=0.0",
-                               "data.eval_split=null", "data.qtypes=[coarse,fine,au_list]", "train.logging_steps=10"]
+                               "data.eval_split=null", "data.qtypes=[coarse,fine,au_list]", "train.logging_steps=10",
+                               "train.gradient_checkpointing=false"]  # tiny model: memory is no issue
         t0 = time.time()
         sft = run_once(train, load_config("tiny_cpu", sft_common + [
             f"output_dir={work / 'sft'}", f"train.max_steps={args.sft_steps}", f"train.save_steps={args.sft_steps}"]))
@@ -215,6 +231,7 @@ def main() -> None:
         report = {"machine": machine, "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
                   "held_out_subjects": held_out_subjects, "held_out": {"coarse": len(coarse_rows), "au_list": len(au_rows)},
                   "rewards": grpo_cfg.rewards.model_dump(),
+                  "reference_answers_support": reference_support(au_rows, data),
                   "sft_only": sft_only, "sft_grpo": sft_grpo, "sft_continued": None,
                   "reward_first_fifth": first, "reward_last_fifth": last, "reward_curve": rewards,
                   "per_reward_mean": per_reward, "held_out_coarse_curve": curve,
@@ -239,6 +256,10 @@ def main() -> None:
             write_report(report, args.out)
 
 
+def _share(a: dict) -> str:
+    return f"{a['supported_share']:.3f} ({a['supported']}/{a['claimed']})" if a["claimed"] else "- (0 claimed)"
+
+
 def write_report(report: dict, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "train_grpo_cpu.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
@@ -248,7 +269,7 @@ def write_report(report: dict, out: Path) -> None:
 
     def row(name, r):
         c, a = r["coarse"], r["aus"]
-        share = f"{a['supported_share']:.3f} ({a['supported']}/{a['claimed']})" if a["claimed"] else "- (0 claimed)"
+        share = _share(a)
         return (f"| {name} | {c['accuracy']:.3f} | {c['uf1']:.3f} | {c['uar']:.3f} | {a['micro_f1']:.3f} | "
                 f"{a['mean_set_f1']:.3f} | {share} |")
 
@@ -268,8 +289,15 @@ def write_report(report: dict, out: Path) -> None:
         "| adapter | coarse accuracy | UF1 | UAR | AU micro F1 | AU mean set F1 | claimed AUs the evidence supports |",
         "|---|---|---|---|---|---|---|",
         row("SFT only", report["sft_only"]), row("SFT + GRPO", report["sft_grpo"]), control, "",
+        "Claimed AUs the evidence supports: `mellm.aus.claim_support` (perception judged the AU present, "
+        "score >= 0.5, on the claimed side where one is stated), the definition the evidence reward and the "
+        "gateway's `claims[].supported` use."
+        + (" The reference answers of the same questions: {}.".format(_share(report["reference_answers_support"]))
+           if report.get("reference_answers_support") else ""), "",
         f"Mean total reward over the GRPO run: first fifth of the steps {report['reward_first_fifth']:.3f}, "
-        f"last fifth {report['reward_last_fifth']:.3f}.", "",
+        f"last fifth {report['reward_last_fifth']:.3f}."
+        + (f" Held-out coarse accuracy: {curve[0]['accuracy']:.3f} at the start, {curve[-1]['accuracy']:.3f} at the "
+           f"end (best {max(c['accuracy'] for c in curve):.3f})." if curve else ""), "",
         "Held-out coarse accuracy during GRPO (step: accuracy): "
         + ", ".join(f"{c['step']}: {c['accuracy']:.3f}" for c in curve) + ".", "",
         "Mean total reward per step: " + ", ".join(f"{st}: {r:.2f}" for st, r in rewards) + ".", "",

@@ -402,3 +402,20 @@ def au_sides(text: str) -> dict[int, str]:
         if word:
             sides[au] = {"left": "L", "right": "R"}.get(word, "both")
     return sides
+
+
+def claimed_aus(question: Question | str, text: str) -> dict[int, str | None]:
+    """The AUs an answer claims to see, with the side it gives each (None: no side stated).
+
+    AU-list, combined and analysis answers claim the AUs they state (`parse_answer`, so negated
+    mentions claim nothing); "yes" to "Is AU12 shown?" claims AU12; "left" to "On which side is
+    AU12?" claims AU12 on the left. The GRPO evidence reward, the gateway's `claims` and the GRPO
+    benchmark all count claims with this function (support: `mellm.aus.claim_support`)."""
+    q = classify_question(question) if isinstance(question, str) else question
+    p = parse_answer(q, text)
+    if q.type is QType.AU_YESNO:
+        return {q.au: None} if p.yes_no and q.au else {}
+    if q.type is QType.AU_SIDE:
+        return {q.au: {"left": "L", "right": "R"}.get(p.side)} if p.side and q.au else {}
+    sides = au_sides(text)
+    return {au: sides.get(au) for au in sorted(p.aus)}

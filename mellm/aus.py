@@ -169,3 +169,34 @@ def score_aus(stats: list[RegionStat], exclude: set[str] | frozenset = frozenset
 
 def present(scored: list[AUEvidence]) -> list[AUEvidence]:
     return [a for a in scored if a.score >= 0.5]
+
+
+# --- whether the evidence supports an AU an answer claims: one definition for the whole stack ---
+
+
+def present_aus(evidence) -> dict[int, str]:
+    """{au: side} of the AUs an Evidence record (or its dict) judges present (score >= 0.5)."""
+    aus = evidence["aus"] if isinstance(evidence, dict) else [a.to_dict() for a in evidence.aus]
+    return {int(a["au"]): a.get("side") or "both" for a in aus if float(a.get("score", 1.0)) >= 0.5}
+
+
+def claim_support(claims, present_sides) -> dict[int, bool]:
+    """Whether the evidence supports each claimed AU: {au: side or None} -> {au: bool}.
+
+    Supported means perception judged the AU present (its score reaches 0.5: the direction-aware
+    fit of region flow to the AU signatures, so a lip corner pulled down does not support AU12)
+    and, where the answer gives it a side (L/R), perception put it on that side or on both.
+    `present_sides` is `present_aus(evidence)`. This is the one definition the GRPO evidence reward
+    (train/rewards.py), the gateway's `claims[].supported` and the GRPO benchmark's "share of
+    claimed AUs the evidence supports" use."""
+    out = {}
+    for au, side in claims.items():
+        seen = present_sides.get(au)
+        out[au] = seen is not None and (side not in ("L", "R") or seen in (side, "both"))
+    return out
+
+
+def supported_share(claims, present_sides) -> tuple[int, int]:
+    """(supported, claimed) counts of `claim_support`, for a share over many answers."""
+    support = claim_support(claims, present_sides)
+    return sum(support.values()), len(support)

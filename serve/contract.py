@@ -61,7 +61,9 @@ class AUClaim(BaseModel):
 
     au: int
     name: str
-    supported: bool = Field(description="Perception judged this AU present (its score reaches 0.5).")
+    supported: bool = Field(description="The evidence supports the claim: perception judged this AU present (its "
+                                        "score reaches 0.5) and, where the answer gives it a side, on that side or "
+                                        "both (mellm.aus.claim_support, as the GRPO evidence reward).")
     score: Optional[float] = Field(None, description="The evidence's score for this AU; none: perception does not score it.")
     side: Optional[str] = Field(None, description="The side the evidence puts it on (L, R, both).")
 
@@ -71,7 +73,8 @@ class Answer(BaseModel):
     qtype: str = Field(description="The question's ME-VQA type (mellm.vqa.QType).")
     answer: str
     parsed: ParsedLabels
-    claims: list[AUClaim] = Field(default_factory=list, description="Each AU the answer names, supported or not.")
+    claims: list[AUClaim] = Field(default_factory=list, description="Each AU the answer claims (names, or says "
+                                                                 "yes to), supported or not.")
 
 
 class RegionShape(BaseModel):

@@ -196,13 +196,16 @@ def _spot_job(source: Path, out: Path, flow: str):
     return analyze_long(source, out, flow=flow)
 
 
-def _claims(aus: list[int], evidence: dict) -> list[dict]:
-    """Each AU an answer names, checked against the evidence: present (score >= 0.5) or not."""
-    present = {a["au"] for a in evidence["aus"]}
+def _claims(claims: dict[int, str | None], evidence: dict) -> list[dict]:
+    """Each AU an answer claims (`mellm.answers.claimed_aus`: {au: side or None}), checked against
+    the evidence with `mellm.aus.claim_support`, the definition the GRPO evidence reward uses too."""
+    from mellm.aus import claim_support, present_aus
+
+    support = claim_support(claims, present_aus(evidence))
     scored = {a["au"]: a for a in evidence["au_scores"]}
-    return [{"au": au, "name": au_name(au), "supported": au in present,
+    return [{"au": au, "name": au_name(au), "supported": support[au],
              "score": scored[au]["score"] if au in scored else None,
-             "side": scored[au]["side"] if au in scored else None} for au in aus]
+             "side": scored[au]["side"] if au in scored else None} for au in claims]
 
 
 def _parsed(question: str, text: str) -> dict:
@@ -483,10 +486,12 @@ def create_app(cfg: GatewayConfig) -> FastAPI:
         if r.status_code >= 400:
             return QuestionError(question=question, status=r.status_code,
                                  message=f"the model server refused the request: {r.text[:300]}")
+        from mellm.answers import claimed_aus
+
         text = _answer_text(r)
         parsed = _parsed(question, text)
         return {"question": question, "qtype": classify_question(question).type.value, "answer": text,
-                "parsed": parsed, "claims": _claims(parsed["aus"], evidence)}
+                "parsed": parsed, "claims": _claims(claimed_aus(question, text), evidence)}
 
     def _upstream_error(e: httpx.HTTPError) -> HTTPException:
         """How a failed exchange with vLLM reads to the client: down 503, slow 504, broken 502."""

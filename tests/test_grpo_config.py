@@ -82,19 +82,26 @@ def test_start_adapter_is_checked(assets, tmp_path):
     (tmp_path / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(assets["text"]), "r": 8}))
     report = check_grpo(_cfg(assets, f"model.adapter={tmp_path}"))
     assert report["start_adapter"]["r"] == 8
-    assert report["reward_columns"] == ["question", "coarse", "fine", "answer", "aus", "motion"]
+    assert report["reward_columns"] == ["question", "coarse", "fine", "answer", "aus", "motion", "present_aus"]
 
 
 def test_grpo_dataset_carries_the_reward_columns_and_each_clips_motion(assets):
     from mellm.train.grpo import grpo_dataset
 
     ds, fp, settings = grpo_dataset(_cfg(assets, "rewards.class_balanced=true"))
-    assert {"prompt", "qtype", "question", "answer", "coarse", "fine", "aus", "au_sides", "motion"} <= set(ds.column_names)
+    assert {"prompt", "qtype", "question", "answer", "coarse", "fine", "aus", "au_sides", "motion",
+            "present_aus"} <= set(ds.column_names)
     row = ds[0]
     assert row["prompt"][-1]["role"] == "user"  # the reference answer is not in the prompt
     assert row["answer"] not in row["prompt"][-1]["content"].split("Question:")[-1]
     motion = json.loads(row["motion"])
     assert len(motion) == 31 and all(v >= 0 for v in motion.values())
+    # the AUs a clip's perception found, exactly as the gateway reads them from the evidence record
+    from mellm.aus import present_aus
+
+    found = [present_aus(json.loads(p.read_text())) for p in (assets["data"] / "evidence").glob("*.json")]
+    assert all({int(k): v for k, v in json.loads(p).items()} in found for p in ds["present_aus"])
+    assert any(json.loads(p) for p in ds["present_aus"])  # synthetic clips show AUs: some are found
     assert fp["train_rows"] == len(ds)
     weights = settings.class_weights["coarse"]
     counts = {c: list(ds["coarse"]).count(c) for c in weights}

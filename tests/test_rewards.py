@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 
 import pytest
@@ -82,29 +83,62 @@ def test_au_yes_no_and_side_questions():
 # Measured motion: brows (AU4's inner brow) and the left mouth corner move; the rest is still.
 MOTION = {"inner brow|L": 0.9, "inner brow|R": 0.8, "outer brow|L": 0.1, "outer brow|R": 0.1,
           "mouth corner|L": 0.3, "mouth corner|R": 0.05, "chin|C": 0.0, "cheek|L": 0.1, "cheek|R": 0.1}
+# What perception made of it: AU4 on both sides, AU12 on the left (score >= 0.5).
+PRESENT = {4: "both", 12: "L"}
+EVIDENCE = {"aus": [{"au": 4, "side": "both", "score": 0.9}, {"au": 12, "side": "L", "score": 0.6}],
+            "au_scores": [{"au": 4, "side": "both", "score": 0.9}, {"au": 12, "side": "L", "score": 0.6},
+                          {"au": 15, "side": "L", "score": 0.1}]}
 
 
 def test_evidence_consistency():
-    # AU4 claimed: its primary region (inner brow) moves; the strong regions (both inner brows,
-    # >= 0.5 px) are covered -> 1 + 1 - 1 = 1
-    assert R.evidence_reward(AUS, "brow lowerer", MOTION) == pytest.approx(1.0)
-    # AU4 + AU17 (chin is still): supported 1/2, explained 1 -> 0.5
-    assert R.evidence_reward(AUS, "brow lowerer, chin raiser", MOTION) == pytest.approx(0.5)
-    # AU12 only: supported (left mouth corner 0.3 >= 0.25) but the brows are left unexplained -> 1 + 0 - 1
-    assert R.evidence_reward(AUS, "lip corner puller", MOTION) == pytest.approx(0.0)
-    # AU12 on the right side, where the corner is still: unsupported, brows unexplained -> -1
-    assert R.evidence_reward(AUS, "AU12 (right side)", MOTION) == pytest.approx(-1.0)
-    # claimed twice counts once; AU23 has no signature -> unsupported: {4: yes, 23: no} -> 0.5
-    assert R.evidence_reward(AUS, "brow lowerer, brow lowerer, lip tightener", MOTION) == pytest.approx(0.5)
+    ev = functools.partial(R.evidence_reward, motion=MOTION, present=PRESENT)
+    # AU4 claimed: perception found it; the strong regions (both inner brows, >= 0.5 px) are
+    # covered by its signature -> 1 + 1 - 1 = 1
+    assert ev(AUS, "brow lowerer") == pytest.approx(1.0)
+    # AU4 + AU17 (not found): supported 1/2, explained 1 -> 0.5
+    assert ev(AUS, "brow lowerer, chin raiser") == pytest.approx(0.5)
+    # AU12 only: supported (found on the left; no side claimed) but the brows are left unexplained -> 1 + 0 - 1
+    assert ev(AUS, "lip corner puller") == pytest.approx(0.0)
+    # adversarial: AU12 on the right side, but perception put it on the left -> unsupported, -1
+    assert ev(AUS, "AU12 (right side)") == pytest.approx(-1.0)
+    # adversarial: AU15 moves the same (moving) mouth corner, but downwards; perception did not find
+    # it, so motion in its region is no support: 0 + 0 - 1
+    assert ev(AUS, "lip corner depressor") == pytest.approx(-1.0)
+    # adversarial: AU1 shares AU4's inner brows (explained), yet is not what perception found: 0 + 1 - 1
+    assert ev(AUS, "inner brow raiser") == pytest.approx(0.0)
+    # claimed twice counts once; AU23 was not found: {4: yes, 23: no} -> 0.5
+    assert ev(AUS, "brow lowerer, brow lowerer, lip tightener") == pytest.approx(0.5)
     # negated claims are no claims: nothing claimed on a moving face -> -1, on a still face -> +1
-    assert R.evidence_reward(AUS, "not brow lowerer", MOTION) == -1.0
-    assert R.evidence_reward(AUS, "none", {"chin|C": 0.1}) == 1.0
-    # yes/no: "yes" to AU17 with a still chin -> -1; "yes" to AU12 -> +1; "no" claims nothing
-    assert R.evidence_reward(question_text(QType.AU_YESNO, au=17), "yes", MOTION) == -1.0
-    assert R.evidence_reward(YESNO_12, "yes", MOTION) == 1.0
-    assert R.evidence_reward(YESNO_12, "no", MOTION) is None
-    assert R.evidence_reward(SIDE_12, "right", MOTION) == -1.0
-    assert R.evidence_reward(COARSE, "negative", MOTION) is None
+    assert ev(AUS, "not brow lowerer") == -1.0
+    assert R.evidence_reward(AUS, "none", {"chin|C": 0.1}, {}) == 1.0
+    # yes/no: "yes" to AU17 (not found) -> -1; "yes" to AU12 -> +1; "no" claims nothing
+    assert ev(question_text(QType.AU_YESNO, au=17), "yes") == -1.0
+    assert ev(YESNO_12, "yes") == 1.0
+    assert ev(YESNO_12, "no") is None
+    assert ev(SIDE_12, "right") == -1.0
+    assert ev(SIDE_12, "left") == 1.0
+    assert ev(COARSE, "negative") is None
+
+
+def test_one_definition_of_support_for_reward_gateway_and_benchmark():
+    """`claims[].supported` in the gateway and the evidence reward's support are the same function
+    (mellm.aus.claim_support) of the same claims (mellm.answers.claimed_aus)."""
+    from mellm.answers import claimed_aus
+    from mellm.aus import claim_support, present_aus
+    from mellm.serve.gateway import _claims
+
+    assert present_aus(EVIDENCE) == PRESENT
+    for question, text, want in [
+        (AUS, "brow lowerer, AU12 on the left, lip tightener", {4: True, 12: True, 23: False}),
+        (AUS, "AU R12 and AU15", {12: False, 15: False}),  # AU12 on the wrong side; AU15 scored 0.1
+        (AUS, "left brow lowerer", {4: True}),  # found on both sides, so on the left too
+        (YESNO_12, "yes", {12: True}),
+        (SIDE_12, "right", {12: False}),
+        (AUS, "no AU is visible", {}),
+    ]:
+        claims = claimed_aus(question, text)
+        assert claim_support(claims, PRESENT) == want, text
+        assert {c["au"]: c["supported"] for c in _claims(claims, EVIDENCE)} == want, text
 
 
 def test_degenerate_guard():
@@ -124,8 +158,9 @@ def test_batch_rewards_take_trl_completions_and_carry_their_names():
     out = fn(completions=completions, question=[AUS, AUS], answer=["", ""], aus=[[4], [4]], au_sides=[["both"]] * 2,
              prompts=None, trainer_state=None)
     assert out == pytest.approx([1.0, -1.0])
-    ev = R.batch_reward("evidence")(completions=["brow lowerer"], question=[AUS], motion=[json.dumps(MOTION)])
-    assert ev == pytest.approx([1.0])
+    ev = R.batch_reward("evidence")(completions=["brow lowerer", "lip corner depressor"], question=[AUS] * 2,
+                                    motion=[json.dumps(MOTION)] * 2, present_aus=[json.dumps(PRESENT)] * 2)
+    assert ev == pytest.approx([1.0, -1.0])
     with pytest.raises(KeyError):
         R.batch_reward("style")
 
@@ -133,3 +168,6 @@ def test_batch_rewards_take_trl_completions_and_carry_their_names():
 def test_motion_of_evidence_regions():
     ev = {"regions": [{"name": "chin", "side": "C", "vector": [0.3, -0.4]}]}
     assert R.motion_of(ev) == {"chin|C": 0.5}
+    cols = R.derived_columns({**ev, **EVIDENCE})
+    assert json.loads(cols["motion"]) == {"chin|C": 0.5}
+    assert R._present(cols["present_aus"]) == PRESENT

@@ -143,7 +143,7 @@ def test_views_show_what_perception_saw(media):
 def test_claims_mark_each_named_au_as_supported_or_not():
     evidence = {"aus": [{"au": 4, "side": "both", "score": 0.9}],
                 "au_scores": [{"au": 4, "side": "both", "score": 0.9}, {"au": 12, "side": "L", "score": 0.2}]}
-    assert _claims([4, 12, 23], evidence) == [
+    assert _claims({4: None, 12: None, 23: None}, evidence) == [
         {"au": 4, "name": "brow lowerer", "supported": True, "score": 0.9, "side": "both"},
         {"au": 12, "name": "lip corner puller", "supported": False, "score": 0.2, "side": "L"},
         {"au": 23, "name": "lip tightener", "supported": False, "score": None, "side": None},

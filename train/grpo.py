@@ -31,7 +31,7 @@ from pathlib import Path
 from mellm.errors import ConfigError
 from mellm.train import rundir
 from mellm.train.config import TrainConfig
-from mellm.train.rewards import COLUMNS, RewardSettings, batch_reward, class_weights, motion_of
+from mellm.train.rewards import COLUMNS, DERIVED, RewardSettings, batch_reward, class_weights, derived_columns
 
 log = logging.getLogger("mellm.train")
 
@@ -71,8 +71,8 @@ def check_grpo(cfg: TrainConfig) -> dict:
     have = set(dd[split].column_names)
     need, _ = reward_columns(cfg)
     for name in cfg.rewards.weights:
-        # `motion` is built from DATA/evidence/<clip>.json, checked below.
-        missing = [c for c in COLUMNS[name][0] if c not in have and c != "motion"]
+        # `motion` and `present_aus` are built from DATA/evidence/<clip>.json, checked below.
+        missing = [c for c in COLUMNS[name][0] if c not in have and c not in DERIVED]
         if missing:
             raise ConfigError(f"rewards.weights.{name}: the reward needs column(s) {missing}, which {path}/{split} "
                               f"lacks (it has {sorted(have)}); rebuild the data with `mellm build-data` or drop the "
@@ -80,7 +80,7 @@ def check_grpo(cfg: TrainConfig) -> dict:
     for col in ("id", "qtype", "messages"):
         if col not in have:
             raise ConfigError(f"{path}/{split} has no {col!r} column; is it an MEU-Instruct dataset?")
-    if "motion" in need:
+    if set(DERIVED) & set(need):
         row = dd[split].select_columns(["id", "qtype"])[0]
         ev = _evidence_path(cfg.data.dir, row["id"], row["qtype"])
         if not ev.is_file():
@@ -127,16 +127,19 @@ def grpo_dataset(cfg: TrainConfig):
     need, optional = reward_columns(cfg)
     subjects = sorted(set(train["subject"]))  # recorded in run.json, as SFT does (LOSO checks it)
     train = train.add_column("prompt", [m[:-1] for m in train["messages"]])
-    if "motion" in need:
-        motions, cache = [], {}
+    derived = [c for c in DERIVED if c in need]
+    if derived:
+        values, cache = {c: [] for c in derived}, {}
         for row_id, qtype in zip(train["id"], train["qtype"]):
             path = _evidence_path(cfg.data.dir, row_id, qtype)
             if path not in cache:
                 if not path.is_file():
                     raise ConfigError(f"row {row_id}: its clip's evidence {path} is missing (the evidence reward reads it)")
-                cache[path] = json.dumps(motion_of(json.loads(path.read_text())))
-            motions.append(cache[path])
-        train = train.add_column("motion", motions)
+                cache[path] = derived_columns(json.loads(path.read_text()))
+            for c in derived:
+                values[c].append(cache[path][c])
+        for c in derived:
+            train = train.add_column(c, values[c])
     keep = list(_BASE) + [c for c in need + optional if c in train.column_names and c not in _BASE]
     if not cfg.model.text_only:
         keep.append("images")

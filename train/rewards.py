@@ -14,17 +14,18 @@ the reward's logged mean.
               (2 F1 - 1). Where a label has a side (L/R), a stated AU with the right side is a
               full match, without a side half a match, with the wrong side none. Yes/no and
               left/right questions: +1 right, -1 wrong or unreadable.
-  evidence    consistency with the clip's measured motion (Evidence regions). A claimed AU is
-              supported when one of its primary regions (mellm.aus.SIGNATURES, weight >= 0.5) moves
-              significantly (on the claimed side, where one is stated); strongly moving regions
-              (>= strong_px) should be covered by some claimed AU's signature.
-              reward = supported share + explained share - 1, in [-1, 1]; claiming nothing is +1
-              on a still face and -1 on a moving one. AUs without a signature (AU23, 24, 43, ...)
-              cannot be supported by the flow and count as unsupported.
+  evidence    consistency with the clip's perception (its Evidence record). A claimed AU is
+              supported when perception judged it present, on the claimed side where one is
+              stated (`mellm.aus.claim_support`: the one definition of support, shared with the
+              gateway's `claims[].supported` and the GRPO benchmark); strongly moving regions
+              (>= strong_px) should be covered by some claimed AU's signature regions
+              (mellm.aus.SIGNATURES). reward = supported share + explained share - 1, in [-1, 1];
+              claiming nothing is +1 on a still face and -1 on a moving one.
   degenerate  0 for an ordinary answer; -1 for an empty one, one whose word 3-grams repeat
               (distinct share below 1 - max_repeat), or one longer than max_words.
 
-`motion` is a clip's region motion as {"region|side": resultant px} (see `motion_of`).
+`motion` is a clip's region motion as {"region|side": resultant px} (see `motion_of`); `present`
+is {au: side} of the AUs its perception judged present (`mellm.aus.present_aus`).
 """
 
 from __future__ import annotations
@@ -34,13 +35,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 
-from mellm.answers import ParsedAnswer, au_sides, parse_answer
-from mellm.aus import SIGNATURES
+from mellm.answers import au_sides, claimed_aus, parse_answer
+from mellm.aus import SIGNATURES, claim_support, present_aus
 from mellm.regions import SIGNIFICANT_PX
 from mellm.vqa import QType, Question, classify_question
 
 AU_TYPES = (QType.AU_LIST, QType.COMBINED, QType.ANALYSIS)  # answers that state a set of AUs
-PRIMARY_WEIGHT = 0.5  # a signature region of at least this weight is one of the AU's "own" regions
 
 
 @dataclass(frozen=True)
@@ -126,11 +126,10 @@ def au_reward(question: str, text: str, answer: str, aus: list[int],
     return 2 * au_f1(p.aus, au_sides(text), list(aus), au_sides_labelled) - 1
 
 
-def _au_regions(au: int, side: str | None, primary: bool) -> list[str]:
+def _au_regions(au: int, side: str | None) -> list[str]:
+    """The region keys an AU's signature moves (on the claimed side, where one is stated)."""
     keys = []
-    for region, which, _angle, weight in SIGNATURES.get(au, ()):
-        if primary and weight < PRIMARY_WEIGHT:
-            continue
+    for region, which, _angle, _weight in SIGNATURES.get(au, ()):
         if which == "C":
             keys.append(f"{region}|C")
         elif which == "same" and side in ("L", "R"):
@@ -140,25 +139,7 @@ def _au_regions(au: int, side: str | None, primary: bool) -> list[str]:
     return keys
 
 
-def claimed_aus(question: str, text: str) -> dict[int, str | None]:
-    """The AUs an answer claims to see, with the side it gives them (None: no side stated)."""
-    q = _q(question)
-    p: ParsedAnswer = parse_answer(q, text)
-    if q.type is QType.AU_YESNO:
-        return {q.au: None} if p.yes_no and q.au else {}
-    if q.type is QType.AU_SIDE:
-        return {q.au: {"left": "L", "right": "R"}.get(p.side)} if p.side and q.au else {}
-    sides = au_sides(text)
-    return {au: sides.get(au) for au in sorted(p.aus)}
-
-
-def evidence_support(claims: Mapping[int, str | None], motion: Mapping[str, float]) -> dict[int, bool]:
-    """Whether the measured motion supports each claimed AU (see the module docstring)."""
-    return {au: any(motion.get(k, 0.0) >= SIGNIFICANT_PX for k in _au_regions(au, side, primary=True))
-            for au, side in claims.items()}
-
-
-def evidence_reward(question: str, text: str, motion: Mapping[str, float],
+def evidence_reward(question: str, text: str, motion: Mapping[str, float], present: Mapping[int, str],
                     settings: RewardSettings = RewardSettings()) -> float | None:
     q = _q(question)
     if q.type not in (*AU_TYPES, QType.AU_YESNO, QType.AU_SIDE):
@@ -167,12 +148,12 @@ def evidence_reward(question: str, text: str, motion: Mapping[str, float],
     if q.type in (QType.AU_YESNO, QType.AU_SIDE):  # one AU asked about: only its support counts
         if not claims:
             return None
-        return 1.0 if all(evidence_support(claims, motion).values()) else -1.0
+        return 1.0 if all(claim_support(claims, present).values()) else -1.0
     strong = [k for k, px in motion.items() if px >= settings.strong_px]
     if not claims:
         return -1.0 if strong else 1.0
-    support = evidence_support(claims, motion)
-    covered = {k for au, side in claims.items() for k in _au_regions(au, side, primary=False)}
+    support = claim_support(claims, present)
+    covered = {k for au, side in claims.items() for k in _au_regions(au, side)}
     explained = sum(k in covered for k in strong) / len(strong) if strong else 1.0
     return sum(support.values()) / len(support) + explained - 1
 
@@ -197,15 +178,30 @@ COLUMNS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "format": (("question",), ()),
     "emotion": (("question", "coarse", "fine"), ()),
     "au": (("question", "answer", "aus"), ("au_sides",)),
-    "evidence": (("question", "motion"), ()),
+    "evidence": (("question", "motion", "present_aus"), ()),
     "degenerate": (("question",), ()),
 }
 REWARD_NAMES = tuple(COLUMNS)
 
 
+# Columns the GRPO dataset derives from DATA/evidence/<clip>.json (train/grpo.py), as JSON text.
+DERIVED = ("motion", "present_aus")
+
+
 @lru_cache(maxsize=4096)
 def _motion(motion_json: str) -> dict[str, float]:
     return json.loads(motion_json)
+
+
+@lru_cache(maxsize=4096)
+def _present(present_json: str) -> dict[int, str]:
+    return {int(au): side for au, side in json.loads(present_json).items()}
+
+
+def derived_columns(evidence: dict) -> dict[str, str]:
+    """An Evidence record (as a dict) -> the DERIVED columns' values for its clip's rows."""
+    return {"motion": json.dumps(motion_of(evidence)),
+            "present_aus": json.dumps({str(au): side for au, side in present_aus(evidence).items()})}
 
 
 def motion_of(evidence: dict) -> dict[str, float]:
@@ -235,7 +231,8 @@ def batch_reward(name: str, settings: RewardSettings = RewardSettings()) -> Call
             return [au_reward(q, t, a, list(aus), s) for q, t, a, aus, s in
                     zip(qs, texts, cols["answer"], cols["aus"], sides)]
         if name == "evidence":
-            return [evidence_reward(q, t, _motion(m), settings) for q, t, m in zip(qs, texts, cols["motion"])]
+            return [evidence_reward(q, t, _motion(m), _present(p), settings)
+                    for q, t, m, p in zip(qs, texts, cols["motion"], cols["present_aus"])]
         return [degenerate_reward(q, t, settings) for q, t in zip(qs, texts)]
 
     reward.__name__ = name
