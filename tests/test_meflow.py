@@ -15,17 +15,17 @@ from mellm.meflow.data import FlowDataConfig, write_flow_data
 from mellm.meflow.model import MEFlowConfig, MEFlowNet, build_model, load_model, save_model
 from mellm.meflow.train import load_config, train
 
-# Still heads and clear expressions: the test checks that the tiny config learns, not how well
-# (bench/flow.py measures that on the full distribution).
-TINY_DATA = dict(size=64, n_train=32, n_heldout=8, shard_size=16, train_identities=2, heldout_identities=1,
-                 amplitude=(0.5, 2.0), head_fraction=0.0)
+# Eight training pairs, every batch all of them (no flip): the loss is measured on the same pairs
+# each step, so "it learns" is a clean, cheap check; held-out pairs are other identities.
+TINY_DATA = dict(size=64, n_train=8, n_heldout=8, shard_size=8, train_identities=2, heldout_identities=1,
+                 amplitude=(0.5, 2.0), head_fraction=0.5)
 
 
 def _tiny_train(data, out, steps: int, *extra: str):
-    cfg = load_config("tiny_cpu", [f"data={data}", f"output_dir={out}", f"train.steps={steps}", "train.crop=0",
-                                   "train.batch_size=4", f"train.eval_every={steps}", "train.eval_pairs=8",
-                                   "train.save_every=30", "train.log_every=5", "train.warmup_steps=5", "train.threads=1",
-                                   *extra])
+    cfg = load_config("refine_cpu", [f"data={data}", f"output_dir={out}", f"train.steps={steps}", "train.crop=0",
+                                     "train.batch_size=8", "train.flip=false", f"train.eval_every={steps}",
+                                     "train.eval_pairs=8", "train.save_every=30", "train.log_every=5",
+                                     "train.warmup_steps=5", "train.threads=1", *extra])
     return train(cfg, progress=False)
 
 
@@ -36,30 +36,35 @@ def flow_data(tmp_path_factory):
     return root
 
 
-@pytest.mark.slow  # ~1 min on a quiet 2-core machine, several on a busy one
-def test_tiny_config_learns_beats_zero_flow_and_resumes(flow_data, tmp_path):
-    run = _tiny_train(flow_data, tmp_path / "run", 60)
+@pytest.mark.slow  # ~40 s on a quiet 2-core machine
+def test_cpu_config_learns_beats_zero_flow_and_resumes(flow_data, tmp_path):
+    run = _tiny_train(flow_data, tmp_path / "run", 30)
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in lines if "loss" in r]
-    assert np.mean(losses[-3:]) < 0.7 * np.mean(losses[:3])
+    assert np.mean(losses[-2:]) < 0.85 * np.mean(losses[:2])  # the same 8 pairs every step: it fits them
     final = json.loads((run / "metrics.json").read_text())
-    assert final["eval_expression_epe"] < final["eval_zero_epe"]  # held-out identities, moving face pixels
+    assert final["eval_expression_epe"] < 0.8 * final["eval_zero_epe"]  # held-out identities, moving face pixels
+    assert "eval_init_epe" in final  # a refinement model reports its initialisation alone beside it
     assert (run / "model" / "meflownet.pt").is_file() and any((run / "tensorboard").iterdir())
 
     # A longer run in the same folder resumes from the last checkpoint instead of starting over.
-    _tiny_train(flow_data, tmp_path / "run", 62)
+    _tiny_train(flow_data, tmp_path / "run", 31)
     starts = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if '"start"' in line]
-    assert starts[-1]["resumed_from"].endswith("checkpoint-60") and starts[-1]["step"] == 60
+    assert starts[-1]["resumed_from"].endswith("checkpoint-30") and starts[-1]["step"] == 30
     with pytest.raises(MellmError, match="another model config"):
-        _tiny_train(flow_data, tmp_path / "run", 64, "model.hidden_dim=16")
+        _tiny_train(flow_data, tmp_path / "run", 32, "model.hidden_dim=16")
 
 
 @pytest.mark.parametrize("cfg", [MEFlowConfig(feature_dim=16, hidden_dim=16, context_dim=8),
                                  MEFlowConfig(feature_dim=16, hidden_dim=16, context_dim=8, downsample=4, uncertainty=True),
-                                 MEFlowConfig(arch="raft_small", iterations=2)], ids=["meflownet", "quarter_unc", "raft_small"])
+                                 MEFlowConfig(arch="meflow_refine", feature_dim=16, hidden_dim=16, context_dim=8, downsample=4,
+                                              iterations=2),
+                                 MEFlowConfig(arch="raft_small", iterations=2)], ids=["meflownet", "quarter_unc", "refine", "raft_small"])
 def test_a_saved_checkpoint_reloads_to_identical_outputs(cfg, tmp_path):
     torch.manual_seed(0)
     model = build_model(cfg).eval()
+    if cfg.arch == "meflow_refine":  # its output layer starts at zero: give the learned part something to carry
+        torch.nn.init.normal_(model.out.weight, std=0.05)
     size = 128 if cfg.arch == "raft_small" else 64
     a, b = torch.rand(2, 1, 1, size, size).mul(255).unbind(0)
     with torch.no_grad():
@@ -70,10 +75,38 @@ def test_a_saved_checkpoint_reloads_to_identical_outputs(cfg, tmp_path):
     assert before.keys() == after.keys()
     for k in before:
         assert torch.equal(before[k], after[k]), k
-    if cfg.arch == "meflownet":  # expression = facial - head, and the head flow is an affine field
+    if cfg.arch != "raft_small":  # expression = facial - head, and the head flow is an affine field
         assert torch.allclose(before["expression"], before["facial"] - before["head"])
         h = before["head"][0]
         assert torch.allclose(h[:, 2:, 1:-1] - 2 * h[:, 1:-1, 1:-1] + h[:, :-2, 1:-1], torch.zeros(1), atol=1e-4)
+
+
+def test_an_untrained_refine_model_is_its_dis_initialisation():
+    from mellm.flow import DIS
+
+    torch.manual_seed(0)
+    model = build_model(MEFlowConfig(arch="meflow_refine", feature_dim=16, hidden_dim=16, context_dim=8, downsample=4,
+                                     iterations=2)).eval()
+    rng = np.random.default_rng(0)
+    onset = cv2_blur(rng.integers(0, 256, (64, 64)).astype(np.uint8))
+    apex = np.roll(onset, 1, axis=1)  # the scene moves 1 px right
+    a, b = (torch.from_numpy(x.astype(np.float32))[None, None] for x in (onset, apex))
+    with torch.no_grad():
+        out, init = model(a, b)[-1], model.initial(a, b)
+    dis = DIS()(onset, apex)
+    assert np.allclose(init["facial"][0].permute(1, 2, 0).numpy(), dis, atol=1e-5)  # the same DIS as perception's
+    for k in out:
+        assert torch.allclose(out[k], init[k], atol=1e-5), k
+    # a global shift is all head motion: the fitted head takes it, the expression is near zero
+    centre = (slice(16, 48), slice(16, 48))
+    assert abs(float(init["head"][0, 0][centre].mean()) - 1) < 0.1
+    assert float(init["expression"][0][:, centre[0], centre[1]].norm(dim=0).mean()) < 0.1
+
+
+def cv2_blur(img: np.ndarray) -> np.ndarray:
+    import cv2
+
+    return cv2.GaussianBlur(img, (0, 0), 1.5)
 
 
 @pytest.fixture(scope="module")

@@ -26,14 +26,15 @@ import torch.nn.functional as F
 
 from mellm.errors import MellmError
 
-ARCHITECTURES = ("meflownet", "raft_small")
+ARCHITECTURES = ("meflownet", "meflow_refine", "raft_small")
 
 
 @dataclass
 class MEFlowConfig:
     # meflownet: this file's network; raft_small: torchvision's RAFT-small architecture (random
     # init, facial flow only: the anchor the benchmark trains on the same data). raft_small uses
-    # only `iterations` (its flow updates).
+    # only `iterations` (its flow updates). meflow_refine (refine.py): learned refinement of a DIS
+    # initialisation (recurrent at 1/`downsample`) plus the head/expression split.
     arch: str = "meflownet"
     feature_dim: int = 64
     hidden_dim: int = 48
@@ -217,6 +218,10 @@ class RaftSmall(nn.Module):
 
 
 def build_model(cfg: MEFlowConfig) -> nn.Module:
+    if cfg.arch == "meflow_refine":
+        from mellm.meflow.refine import MEFlowRefine
+
+        return MEFlowRefine(cfg)
     return RaftSmall(cfg) if cfg.arch == "raft_small" else MEFlowNet(cfg)
 
 

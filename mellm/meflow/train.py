@@ -303,7 +303,7 @@ def evaluate(model, batch: dict, chunk: int = 8) -> dict:
     """EPE on whole held-out pairs, inside the face where the expression moves more than 0.1 px,
     against zero flow's there: of the expression flow, or of the facial flow for a model without a head."""
     model.eval()
-    errs, zero = [], []
+    errs, zero, init = [], [], []
     for i in range(0, len(batch["onset"]), chunk):
         b = {k: v[i:i + chunk] for k, v in batch.items()}
         out = model(b["onset"], b["apex"], all_steps=False)[-1]
@@ -311,8 +311,13 @@ def evaluate(model, batch: dict, chunk: int = 8) -> dict:
         moving = b["face"][:, 0] & (b["expression"].norm(dim=1) > 0.1)
         errs.append((out[key] - b[key]).norm(dim=1)[moving])
         zero.append(b[key].norm(dim=1)[moving])
+        if hasattr(model, "initial"):  # a refinement model: its initialisation alone, for comparison
+            init.append((model.initial(b["onset"], b["apex"])[key] - b[key]).norm(dim=1)[moving])
     model.train()
-    return {f"eval_{key}_epe": float(torch.cat(errs).mean()), "eval_zero_epe": float(torch.cat(zero).mean())}
+    result = {f"eval_{key}_epe": float(torch.cat(errs).mean()), "eval_zero_epe": float(torch.cat(zero).mean())}
+    if init:
+        result["eval_init_epe"] = float(torch.cat(init).mean())
+    return result
 
 
 # --- the run -------------------------------------------------------------------------------------
