@@ -102,7 +102,7 @@ def run_lvqa_gateway(questions: Path, media_root: Path, endpoint: str, out: Path
     """Predictions of the served model (OUT/predictions.jsonl) and of the model-free answerer
     (OUT/baseline/predictions.jsonl), with reports when the questions have answers. A video that
     fails (not found, no face, the gateway's time limit) is recorded and the others go on."""
-    import httpx
+    from mellm.serve.client import ask_long
 
     qfile = load_questions(Path(questions))
     rows = [r for r in qfile.rows if is_lvqa(r.question)]
@@ -113,29 +113,20 @@ def run_lvqa_gateway(questions: Path, media_root: Path, endpoint: str, out: Path
     for r in rows:
         by_video[r.video or r.image_id].append(r)
     (out / "baseline").mkdir(parents=True, exist_ok=True)
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    url = endpoint.rstrip("/") + "/v1/me/analyze_long"
     failures, answered = [], 0
     with open(out / "predictions.jsonl", "w") as pred, open(out / "baseline" / "predictions.jsonl", "w") as base:
         for video, vrows in by_video.items():
-            data = {"question": [r.question for r in vrows]}  # a dict: httpx's multipart takes no list of pairs
             try:
                 source = index.resolve(vrows[0])
                 rel = None if upload else _relative(source, media_root)
-                if rel is not None:
-                    reply = httpx.post(url, data={**data, "path": rel}, headers=headers, timeout=timeout_s)
-                else:
-                    with open(source, "rb") as f:
-                        reply = httpx.post(url, data=data, files={"file": (source.name, f)}, headers=headers, timeout=timeout_s)
-                if reply.status_code != 200:
-                    raise MellmError(f"gateway answered HTTP {reply.status_code}: {reply.text[:300]}")
-                body = reply.json()
-            except (ClipError, MellmError, httpx.HTTPError, OSError) as e:
+                reply = ask_long(str(source) if rel is None else rel, [r.question for r in vrows], endpoint,
+                                 api_key=api_key, remote=rel is not None, timeout_s=timeout_s)
+            except (ClipError, MellmError, OSError) as e:
                 failures += [{"id": r.id, "video": video, "error": f"{type(e).__name__}: {e}"} for r in vrows]
                 continue
-            model = {a["question"]: a["answer"] for a in body["answers"]}
-            refused = {e["question"]: f"HTTP {e['status']}: {e['message']}" for e in body.get("errors", [])}
-            free = {a["question"]: a["answer"] for a in body["baseline"]}
+            model = {a.question: a.answer for a in reply.answers}
+            refused = {e.question: f"HTTP {e.status}: {e.message}" for e in reply.errors}
+            free = {a.question: a.answer for a in reply.baseline}
             for r in vrows:
                 row = {"id": r.id, "video_id": r.id, "video": r.video, "question": r.question}
                 base.write(json.dumps({**row, "answer": free[r.question]}) + "\n")
@@ -145,7 +136,7 @@ def run_lvqa_gateway(questions: Path, media_root: Path, endpoint: str, out: Path
                 else:
                     failures.append({"id": r.id, "video": video,
                                      "error": refused.get(r.question, "the model gave no answer") + "".join(
-                                         f"; note: {n}" for n in body.get("notes", []))})
+                                         f"; note: {n}" for n in reply.notes)})
     with open(out / "failures.jsonl", "w") as f:
         for x in failures:
             f.write(json.dumps(x) + "\n")
