@@ -10,29 +10,40 @@ bad event never loses the others.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mellm.errors import ClipError
 from mellm.spot import SpotSettings, spot_video
 from mellm.spots import Spots
 
+if TYPE_CHECKING:
+    from mellm.analyze import Analysis
+
 
 def analyze_long(video: str | Path, out: str | Path, settings: SpotSettings | None = None, fps: float | None = None,
                  evidence: bool = True, truth: Sequence[tuple[int, int, str]] = (), flow: str = "dis",
-                 flow_checkpoint: str | None = None,
-                 progress: bool = False) -> Spots:
-    """Spot, per-event evidence, and the files above. `truth`: (onset, offset, type) to draw."""
+                 flow_checkpoint: str | None = None, progress: bool = False,
+                 report: Callable[[str, int, int | None], None] | None = None,
+                 on_event: Callable[[int, Analysis], None] | None = None) -> Spots:
+    """Spot, per-event evidence, and the files above. `truth`: (onset, offset, type) to draw.
+    `report(stage, done, total)`: "spotting" frames read of the declared total, then "evidence"
+    events analysed of those spotted. `on_event(k, analysis)`: each event's short-clip analysis
+    (1-based k), for what the saved files do not hold (the gateway's pictures)."""
     from mellm.analyze import PerceptionSettings, analyze_clip, save_analysis
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     # Made first: a bad flow setting or checkpoint fails before the long spotting pass.
     perception = PerceptionSettings(flow=flow, flow_checkpoint=flow_checkpoint) if evidence else None
-    spots = spot_video(video, settings, fps=fps, progress=progress)
+    frames_read = (lambda n, total: report("spotting", n, total)) if report is not None else None
+    spots = spot_video(video, settings, fps=fps, progress=progress, report=frames_read)
     if evidence:
         for k, e in enumerate(spots.events, start=1):
+            if report is not None:
+                report("evidence", k - 1, len(spots.events))
             folder = out / "events" / str(k)
             try:
                 result = analyze_clip(video, onset=e.onset, offset=min(e.offset, spots.n_frames), fps=spots.fps,
@@ -41,6 +52,8 @@ def analyze_long(video: str | Path, out: str | Path, settings: SpotSettings | No
                 spots.notes.append(f"event {k} (frames {e.onset}-{e.offset}): no evidence: {err}")
                 continue
             save_analysis(result, folder)
+            if on_event is not None:
+                on_event(k, result)
             ev = result.evidence
             spots.events[k - 1] = replace(e, apex=ev.apex_frame, aus=[a.au for a in ev.aus],
                                           evidence=str((folder / "evidence.json").relative_to(out)))

@@ -27,6 +27,7 @@ macro.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import cv2
@@ -207,15 +208,18 @@ def _robust(x: np.ndarray) -> tuple[float, float]:
     return rest, max(noise, 1e-3)
 
 
-def spot_video(path, settings: SpotSettings | None = None, fps: float | None = None, progress: bool = False) -> Spots:
+def spot_video(path, settings: SpotSettings | None = None, fps: float | None = None, progress: bool = False,
+               report: Callable[[int, int | None], None] | None = None) -> Spots:
     """Spot expression events in a long video (a file or a frame folder). Raises ClipError
     subclasses on unusable input (NoFaceError when no frame shows a face); a file that stops
-    decoding part-way gives the events before, with a note."""
+    decoding part-way gives the events before, with a note. `progress`: a progress bar;
+    `report(frames read, frames declared or None)`: called for every analysed frame (the gateway's
+    progress route; it throttles itself)."""
     s = settings or SpotSettings()
     t0 = time.perf_counter()
     probe = FrameStream(path, fps=fps)
     if not probe.fps:
-        raise ConfigError(f"{path}: a frame folder needs its frame rate (--fps)")
+        raise ConfigError(f"{path}: a frame folder needs its frame rate (--fps; over HTTP, the fps field)")
     step = analysis_step(probe.fps, s)
     afps = probe.fps / step
     k = max(1, int(round(s.k_seconds * afps)))
@@ -245,6 +249,8 @@ def spot_video(path, settings: SpotSettings | None = None, fps: float | None = N
         last_n = n
         if bar is not None:
             bar.update(n - bar.n)
+        if report is not None:
+            report(n, probe.declared_frames)
         ring.append(gray)
         if len(ring) > k + 1:
             ring.pop(0)

@@ -140,18 +140,28 @@ def ask(
     remote: bool = typer.Option(False, help="CLIP is a path under the gateway's media root."),
     as_json: bool = typer.Option(False, "--json", help="Print the gateway's JSON reply."),
     long: bool = typer.Option(False, "--long", help="A long video: spotted once, every question (default: the six ME-LVQA ones) answered from its event list; for LVQA question files use `mellm eval run-lvqa`."),
+    ask_events: bool = typer.Option(False, "--ask-events", help="With --long: also ask each spotted event (the 8 strongest) the open analysis question, from its own pictures and evidence."),
+    fps: Optional[float] = typer.Option(None, help="With --long: the frame rate of a frame folder."),
 ):
     """Ask the ME gateway about a clip; print the answer and the evidence summary."""
     if long:
         from mellm.serve.client import ask_long
+        from mellm.vqa import ANALYSIS_QUESTION
 
-        reply = ask_long(clip, list(question or []), endpoint, api_key, remote, model)
+        reply = ask_long(clip, list(question or []), endpoint, api_key, remote, model,
+                         event_questions=[ANALYSIS_QUESTION] if ask_events else [], fps=fps)
         if as_json:
             typer.echo(reply.model_dump_json(indent=1))
             return
         typer.echo(reply.event_list + "\n")
-        for a, b in zip(reply.answers, reply.baseline):
-            typer.echo(f"Q: {a.question}\nA: {a.answer}\n   (from the event list: {b.answer})")
+        answered = {a.question: a.answer for a in reply.answers}
+        failed = {e.question: f"HTTP {e.status}: {e.message}" for e in reply.errors}
+        for b in reply.baseline:
+            said = answered.get(b.question) or failed.get(b.question) or "(the model was not asked)"
+            typer.echo(f"Q: {b.question}\nA: {said}\n   (from the event list: {b.answer})")
+        for k, e in enumerate(reply.events, start=1):
+            for a in e.answers:
+                typer.echo(f"\nevent {k} ({e.type}, frames {e.onset}-{e.offset}): {a.answer}")
         for note in reply.notes:
             typer.secho(f"note: {note}", fg="yellow", err=True)
         return

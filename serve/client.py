@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
@@ -95,11 +96,14 @@ def format_reply(reply: AnalyzeReply) -> str:
 
 
 def ask_long(clip: str, questions: list[str], endpoint: str, api_key: str | None = None, remote: bool = False,
-             model: str | None = None, timeout_s: float = 900.0) -> LongAnalyzeReply:
-    """POST a long video to `endpoint`/v1/me/analyze_long (upload, or with `remote` a media path)."""
+             model: str | None = None, timeout_s: float = 900.0, event_questions: Sequence[str] = (),
+             fps: float | None = None) -> LongAnalyzeReply:
+    """POST a long video to `endpoint`/v1/me/analyze_long (upload, or with `remote` a media path);
+    `event_questions` are asked of each spotted event."""
     from pydantic import ValidationError
 
-    data: dict = {"question": list(questions), **({"model": model} if model else {})}  # multipart takes a dict
+    data: dict = {"question": list(questions), "event_question": list(event_questions),  # multipart takes a dict
+                  **({"model": model} if model else {}), **({"fps": str(fps)} if fps else {})}
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     url = endpoint.rstrip("/") + "/v1/me/analyze_long"
     if remote:

@@ -207,12 +207,32 @@ class SpottedEventSummary(BaseModel):
     offset: int
     type: str = Field(description="micro (<= 0.5 s) or macro.")
     confidence: float
+    peak_z: Optional[float] = Field(None, description="The motion score's peak over the noise, in noise units.")
+    regions: list[str] = Field(default_factory=list, description="Region groups that moved most, strongest first.")
     aus: list[int] = Field(default_factory=list, description="From the event's onset -> apex evidence.")
+    evidence: Optional[EvidenceSummary] = Field(None, description="The event's onset -> apex Evidence, as a short "
+                                                                  "clip gets it; none when its perception failed "
+                                                                  "(the reply's notes say why).")
+    views: Optional[Views] = Field(None, description="Only when asked for with `views`.")
+    answers: list[Answer] = Field(default_factory=list, description="The event questions (`event_question`), asked "
+                                                                   "with this event's pictures and evidence.")
+    errors: list[QuestionError] = Field(default_factory=list)
 
 
 class EventAnswer(BaseModel):
     question: str
     answer: str
+
+
+class LongCurve(BaseModel):
+    """The spotter's motion score over the video (noise units over rest), at most `MAX_CURVE_POINTS`
+    points: a longer curve is cut into that many stretches, each shown by its highest score."""
+
+    frames: list[int]
+    score: list[Optional[float]] = Field(description="None where no face was found.")
+    z_high: float = Field(description="An event's peak reaches this.")
+    z_low: float = Field(description="An event extends while the score stays above this.")
+    frames_per_point: int = Field(description="1: every analysed frame; more: the curve was thinned.")
 
 
 class LongAnalyzeReply(BaseModel):
@@ -228,4 +248,6 @@ class LongAnalyzeReply(BaseModel):
     baseline: list[EventAnswer] = Field(description="The model-free answers straight from the event list, side by side.")
     errors: list[QuestionError] = Field(default_factory=list)
     notes: list[str] = Field(default_factory=list, description="Variable frame rate, truncation, face gaps, ...")
+    face_gaps: list[list[int]] = Field(default_factory=list, description="[first, last] frames without a face.")
+    curve: Optional[LongCurve] = Field(None, description="Only when asked for with `views`.")
     timings_ms: dict[str, float] = Field(description="receive, spotting, llm, total.")

@@ -3,9 +3,9 @@
 POST /v1/me/analyze    a clip (upload: video or zip of frames; or a path under the media root),
                        optional onset/apex/offset and questions -> perception -> the training
                        prompt (mellm.prompts) -> vLLM -> answers, parsed labels, evidence, timings
-POST /v1/me/analyze_long    a long video -> spotting + per-event evidence (mellm.analyze_long) -> every
-                       question asked with the one event list (mellm.lvqa) -> answers, and the
-                       model-free answers from the same list beside them
+POST /v1/me/analyze_long    a long video -> spotting + per-event evidence -> every question asked
+                       with the one event list, and each event's own questions (serve/long_video.py)
+GET  /v1/me/progress/{id}    how far a running request that gave a request_id has got (serve/progress.py)
 POST /v1/chat/completions, GET /v1/models    passed through to vLLM
 GET  /health           the gateway and vLLM, separately
 GET  /                 a web page to look at a clip, and /v1/me/info, /v1/me/media for it (serve/web.py)
@@ -40,12 +40,14 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mellm.analyze import PerceptionSettings
-from mellm.errors import ClipError, ClipNotFoundError, ClipTooLargeError, ConfigError, MellmError
+from mellm.errors import ClipError, ClipNotFoundError, ClipTooLargeError, ConfigError
 from mellm.labels import au_name
 from mellm.prompts import IMAGE_ROLES
 from mellm.serve.clips import ClipRequestError, resolve_media_path, save_upload
-from mellm.serve.contract import AnalyzeReply, ErrorReply, LongAnalyzeReply, QuestionError, error_reply
+from mellm.serve.contract import AnalyzeReply, ErrorReply, QuestionError, error_reply
 from mellm.serve.guard import Guard, idle_closing_protocol, key_given, key_ok
+from mellm.serve.long_video import add_long_route
+from mellm.serve.progress import ProgressBoard, RequestIdError
 from mellm.serve.web import add_web_routes
 from mellm.serve.workers import PerceptionTimeout, PerceptionWorkers, WorkerCrashed
 from mellm.video import ClipLimits
@@ -175,25 +177,12 @@ def _perception_job(source: Path, onset, apex, offset, cfg: GatewayConfig, views
 
 def _perceive_views(source: Path, onset, apex, offset, cfg: GatewayConfig):
     """`_perceive` plus what a person looks at (contract.Views, as a dict) and the motion curve."""
-    import base64
-
-    from mellm.analyze import analyze_clip, png_bytes
+    from mellm.analyze import analyze_clip
+    from mellm.serve.web import views_of
 
     result = analyze_clip(source, onset=onset, apex=apex, offset=offset, settings=cfg.perception, curve=True,
                           limits=cfg.clip_limits)
-    pictures = {"onset": result.onset_crop, "apex": result.apex_crop, "flow": result.flow_image(),
-                "magnitude": result.magnitude_image()}
-    views = {"crop_size": int(result.onset_crop.shape[0]), "regions": result.region_shapes(),
-             "images": {role: "data:image/png;base64," + base64.b64encode(png_bytes(image)).decode("ascii")
-                        for role, image in pictures.items()}}
-    return result, result.pngs(cfg.image_roles), views
-
-
-def _spot_job(source: Path, out: Path, flow: str):
-    """A long video's spotting and per-event evidence, in a worker process (files under `out`)."""
-    from mellm.analyze_long import analyze_long
-
-    return analyze_long(source, out, flow=flow)
+    return result, result.pngs(cfg.image_roles), views_of(result)
 
 
 def _claims(claims: dict[int, str | None], evidence: dict) -> list[dict]:
@@ -223,6 +212,7 @@ def create_app(cfg: GatewayConfig) -> FastAPI:
     max_reply = int(cfg.max_reply_mb * (1 << 20))
     upstream_headers = {"Authorization": f"Bearer {cfg.upstream_api_key}"} if cfg.upstream_api_key else {}
     workers = PerceptionWorkers(cfg.max_concurrency)
+    board = ProgressBoard()
 
     @asynccontextmanager
     async def lifespan(app):
@@ -277,6 +267,15 @@ def create_app(cfg: GatewayConfig) -> FastAPI:
                 "load": {"running": limiter.running, "waiting": limiter.waiting},
                 "perception": {"workers": workers.n, "stopped_at_deadline": workers.killed}}
 
+    @app.get("/v1/me/progress/{request_id}")
+    async def progress(request_id: str, request: Request):
+        """How far the running request that named itself `request_id` has got (serve/progress.py)."""
+        _check_key(cfg, request)
+        found = board.get(request_id)
+        if found is None:
+            raise HTTPException(404, f"no running request has the id {request_id!r} (not started yet, or finished)")
+        return found
+
     @app.post("/v1/me/analyze", response_model=AnalyzeReply,
               responses={code: {"model": ErrorReply} for code in (400, 401, 403, 404, 413, 415, 422, 429, 502, 503, 504)})
     async def analyze(
@@ -288,6 +287,7 @@ def create_app(cfg: GatewayConfig) -> FastAPI:
         model: str | None = Form(None, description="Served model or adapter name."),
         max_tokens: int | None = Form(None),
         views: bool = Form(False, description="Also return the pictures a person looks at and the motion curve."),
+        request_id: str | None = Form(None, description="Name this request to follow it at /v1/me/progress/{id}."),
     ):
         _check_key(cfg, request)
         if len(question) > cfg.max_questions:
@@ -300,13 +300,18 @@ def create_app(cfg: GatewayConfig) -> FastAPI:
             # The time limit is enforced phase by phase inside: perception in its process (killed at the
             # deadline), then the model with what is left. Waiting for a slot or a worker to start is not counted.
             return await _analyze(request, file, path, onset, apex, offset, question or [ANALYSIS_QUESTION], model,
-                                  max_tokens, views)
+                                  max_tokens, views, request_id)
 
     async def _analyze(request, file, path, onset, apex, offset, questions, model, max_tokens,
-                       views: bool = False) -> AnalyzeReply:
+                       views: bool = False, request_id: str | None = None) -> AnalyzeReply:
         t0 = time.perf_counter()
         timings: dict[str, float] = {}
         workdir = Path(tempfile.mkdtemp(prefix="mellm-gw-"))
+        try:
+            run = board.start(request_id, workdir, "perception")
+        except RequestIdError as e:
+            shutil.rmtree(workdir, ignore_errors=True)
+            raise HTTPException(422, str(e)) from None
         try:
             try:
                 if file is not None and file.filename:
@@ -338,6 +343,8 @@ def create_app(cfg: GatewayConfig) -> FastAPI:
             except ConfigError as e:
                 raise HTTPException(422, _hide_paths(str(e), workdir, name)) from None
             timings["perception"] = 1000 * (time.perf_counter() - t)
+            if run is not None:
+                run.stage = "model"
             evidence = found.to_dict()
             evidence["clip"] = name
             t = time.perf_counter()
@@ -355,97 +362,7 @@ def create_app(cfg: GatewayConfig) -> FastAPI:
                                 errors=[a for a in asked if isinstance(a, QuestionError)],
                                 timings_ms={k: round(v, 2) for k, v in timings.items()}, views=shown)
         finally:
-            shutil.rmtree(workdir, ignore_errors=True)
-
-    @app.post("/v1/me/analyze_long", response_model=LongAnalyzeReply,
-              responses={code: {"model": ErrorReply} for code in (400, 401, 403, 404, 413, 415, 422, 429, 502, 503, 504)})
-    async def analyze_long(
-        request: Request,
-        file: UploadFile | None = File(None, description="A long video file or a .zip of frames."),
-        path: str | None = Form(None, description="Instead of an upload: a video path under the media root."),
-        question: list[str] = Form([], description="Questions (repeatable); default: the six ME-LVQA questions."),
-        model: str | None = Form(None),
-        max_tokens: int | None = Form(None),
-    ):
-        """Spot the video once, analyse each event, then ask every question with that one event list."""
-        _check_key(cfg, request)
-        from mellm.lvqa import lvqa_questions
-
-        questions = question or [text for _, text in lvqa_questions()]
-        if len(questions) > cfg.max_questions:
-            raise HTTPException(422, f"{len(questions)} questions: at most {cfg.max_questions} per request")
-        if any(len(q) > cfg.max_question_chars for q in questions):
-            raise HTTPException(422, f"a question is longer than {cfg.max_question_chars} characters")
-        if max_tokens is not None and not 1 <= max_tokens <= cfg.max_answer_tokens:
-            raise HTTPException(422, f"max_tokens must be 1..{cfg.max_answer_tokens}, got {max_tokens}")
-        async with limiter.slot():
-            return await _analyze_long(request, file, path, questions, model, max_tokens)
-
-    async def _analyze_long(request, file, path, questions, model, max_tokens) -> LongAnalyzeReply:
-        from mellm.lvqa import answer_from_events, event_list_text
-
-        t0 = time.perf_counter()
-        timings: dict[str, float] = {}
-        workdir = Path(tempfile.mkdtemp(prefix="mellm-gw-"))
-        try:
-            try:
-                if file is not None and file.filename:
-                    source, name = await _receive(file, workdir), file.filename
-                elif path:
-                    source, name = resolve_media_path(cfg.media_root, path), path
-                else:
-                    raise ClipRequestError(400, "no video: upload `file` or give `path`")
-            except ClipRequestError as e:
-                raise HTTPException(e.status, str(e)) from None
-            request.state.clip = name
-            request.state.timings = timings
-            timings["receive"] = 1000 * (time.perf_counter() - t0)
-            t = time.perf_counter()
-            try:
-                # In a worker process, killed at the deadline: a long video that cannot be spotted in
-                # time gets a 504 that says what to do instead, and the gateway goes on serving.
-                spots = await workers.run(_spot_job, (source, workdir / "spots", cfg.perception.flow),
-                                          timeout=cfg.request_timeout_s)
-            except PerceptionTimeout:
-                raise HTTPException(504, f"spotting took longer than the gateway's {cfg.request_timeout_s:g} s limit and "
-                                         "was stopped; spot long videos offline (mellm spot, mellm eval lvqa-baseline) "
-                                         "or start the gateway with a longer --timeout") from None
-            except WorkerCrashed as e:
-                raise HTTPException(503, f"spotting failed: {e}; retry later") from None
-            except ClipNotFoundError as e:
-                raise HTTPException(404, _hide_paths(str(e), workdir, name)) from None
-            except (ClipError, MellmError) as e:
-                raise HTTPException(422, _hide_paths(f"{getattr(e, 'reason', 'video')}: {e}", workdir, name)) from None
-            timings["spotting"] = 1000 * (time.perf_counter() - t)
-            listing = event_list_text(spots)
-            baseline = [{"question": q, "answer": answer_from_events(spots, q)} for q in questions]
-            asked: list = []
-            notes = [_hide_paths(n, workdir, name) for n in spots.notes]
-            t = time.perf_counter()
-            if spots.events:
-                top = max(range(len(spots.events)), key=lambda k: spots.events[k].peak_z)
-                folder = workdir / "spots" / "events" / str(top + 1)
-                pngs = [(folder / f"{role}.png").read_bytes() for role in cfg.image_roles]
-                found = [{"au": a, "side": "both", "score": 1.0} for a in spots.distinct_aus()]
-                evidence = {"aus": found, "au_scores": found}  # an AU claim is supported when an event showed it
-                left = max(1.0, cfg.request_timeout_s - timings["spotting"] / 1000)
-                try:
-                    asked = await asyncio.wait_for(asyncio.gather(*[
-                        _ask(q, pngs, listing, model, max_tokens, evidence) for q in questions]), timeout=left)
-                except asyncio.TimeoutError:
-                    raise HTTPException(504, f"the request took longer than {cfg.request_timeout_s:g} s") from None
-            else:
-                notes.append("no expression event was spotted, so the model was not asked; the baseline answers stand")
-            timings["llm"] = 1000 * (time.perf_counter() - t)
-            timings["total"] = 1000 * (time.perf_counter() - t0)
-            return LongAnalyzeReply(
-                clip=name, model=model or cfg.model, fps=spots.fps, n_frames=spots.n_frames,
-                events=[{"onset": e.onset, "apex": e.apex, "offset": e.offset, "type": e.type,
-                         "confidence": e.confidence, "aus": e.aus} for e in spots.events],
-                event_list=listing, answers=[a for a in asked if not isinstance(a, QuestionError)],
-                baseline=baseline, errors=[a for a in asked if isinstance(a, QuestionError)], notes=notes,
-                timings_ms={k: round(v, 2) for k, v in timings.items()})
-        finally:
+            board.end(request_id if run is not None else None)
             shutil.rmtree(workdir, ignore_errors=True)
 
     def _hide_paths(message: str, workdir: Path, name: str) -> str:
@@ -508,6 +425,10 @@ def create_app(cfg: GatewayConfig) -> FastAPI:
             raise HTTPException(502, f"the model server answered with something that is not JSON: {r.text[:120]!r}") from None
         except (KeyError, IndexError, TypeError):
             raise HTTPException(502, f"the model server's reply has no choices[0].message.content: {r.text[:200]}") from None
+
+    add_long_route(app, cfg, limiter=limiter, workers=workers, board=board,
+                   check_key=lambda request: _check_key(cfg, request), receive=_receive, ask=_ask,
+                   hide_paths=_hide_paths)
 
     def _check_media(body) -> None:
         """A chat request may carry images inline (data: URLs). A URL would have vLLM fetch it, from

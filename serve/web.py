@@ -5,7 +5,8 @@ GET /ui/NAME          its script and style sheet (public, package data in serve/
 GET /v1/me/info       what the page offers: model, limits, question types, AUs (API key)
 GET /v1/me/media      clips under the media root, one folder at a time (API key)
 
-The page itself calls only these and POST /v1/me/analyze, on the gateway's own origin, with the
+The page itself calls only these, POST /v1/me/analyze and /v1/me/analyze_long, and
+/v1/me/progress/{id} while a request runs, on the gateway's own origin, with the
 key the researcher types in, sent as `Authorization: Bearer` on every data request (a browser page
 cannot be handed the key any other way without putting it in the HTML or a cookie, and a cookie
 would be sent by any page that links here). So the static shell is public and every byte of data
@@ -29,9 +30,10 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import Response
 
 from mellm.labels import AU_NAMES
+from mellm.lvqa import lvqa_questions
 from mellm.serve.clips import ClipRequestError, resolve_media_path
 from mellm.video import IMAGE_SUFFIXES, VIDEO_SUFFIXES
-from mellm.vqa import QType, question_text
+from mellm.vqa import ANALYSIS_QUESTION, QType, question_text
 
 CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
                  ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml"}
@@ -82,13 +84,30 @@ def _send(request: Request, asset: Asset, cache: str) -> Response:
     return Response(asset.body, media_type=asset.content_type, headers=headers)
 
 
+def views_of(result) -> dict:
+    """What a person looks at in one analysis (contract.Views, as a dict): the onset and apex face
+    crops, the flow colour map and magnitude overlay (with their legends) as PNG data URLs, and the
+    regions' disks on the crop."""
+    import base64
+
+    from mellm.analyze import png_bytes
+
+    pictures = {"onset": result.onset_crop, "apex": result.apex_crop, "flow": result.flow_image(),
+                "magnitude": result.magnitude_image()}
+    return {"crop_size": int(result.onset_crop.shape[0]), "regions": result.region_shapes(),
+            "images": {role: "data:image/png;base64," + base64.b64encode(png_bytes(image)).decode("ascii")
+                       for role, image in pictures.items()}}
+
+
 def questions_offered() -> dict:
     """The ME-VQA questions the page offers, worded as the MEGC files word them."""
     fixed = [QType.COARSE, QType.FINE, QType.AU_LIST, QType.COMBINED, QType.ANALYSIS]
     return {"fixed": [{"qtype": q.value, "text": question_text(q)} for q in fixed],
             "per_au": [{"qtype": q.value, "template": question_text(q, au=1).replace(AU_NAMES[1], "{au}")}
                        for q in (QType.AU_YESNO, QType.AU_SIDE)],
-            "aus": [{"au": au, "name": name} for au, name in AU_NAMES.items()]}
+            "aus": [{"au": au, "name": name} for au, name in AU_NAMES.items()],
+            "long": [{"qtype": kind, "text": text} for kind, text in lvqa_questions()],
+            "event": ANALYSIS_QUESTION}
 
 
 def _is_clip_folder(folder: Path) -> bool:

@@ -60,6 +60,12 @@ def test_lvqa_from_synthetic_long_videos_to_the_report(tmp_path):
                       "--endpoint", url, "--out", str(out), "--upload")
             assert r.returncode == 1, r.stdout[-2000:] + r.stderr[-2000:]  # the ghost video is recorded, the rest answered
             assert httpx.get(url + "/health", timeout=30).status_code == 200
+            # one video asked from the command line, each spotted event asked about itself too
+            r = mellm("ask", str(lv / "videos" / "lv_000.mkv"), "--long", "--ask-events", "--endpoint", url, "--json")
+            assert r.returncode == 0, r.stderr[-2000:]
+            reply = json.loads(r.stdout)
+            assert reply["events"] and all(len(e["answers"]) == 1 and e["evidence"] for e in reply["events"])
+            assert [b["question"] for b in reply["baseline"]] == [a["question"] for a in reply["answers"]]
     preds = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
     assert len(preds) == 18, (out / "failures.jsonl").read_text()[:2000] and {p["video"] for p in preds} == {"lv_000", "lv_001", "lv_002"}
     assert [json.loads(x)["video"] for x in (out / "failures.jsonl").read_text().splitlines()] == ["ghost"]

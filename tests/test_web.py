@@ -16,6 +16,8 @@ import pytest
 from mellm.analyze import PerceptionSettings
 from mellm.serve.background import free_port, serve_in_thread
 from mellm.serve.gateway import GatewayConfig, _claims, _perceive_views, create_app
+from mellm.serve.long_video import thin_curve
+from mellm.serve.progress import ProgressBoard, RequestIdError, file_reporter
 from mellm.serve.web import CSP, load_assets
 from mellm.synth import SynthConfig, generate_corpus
 
@@ -96,6 +98,8 @@ def test_data_routes_need_the_key(gateway):
     templates = [q["template"] for q in info["questions"]["per_au"]]
     assert "Is the action unit {au} shown on the face?" in templates
     assert {"au": 4, "name": "brow lowerer"} in info["questions"]["aus"]
+    long = [q["qtype"] for q in info["questions"]["long"]]
+    assert long == ["all", "micro", "macro", "aus", "k=1", "k=2"] and info["questions"]["event"] == fixed["analysis"]
 
 
 def test_the_media_listing_stays_under_the_media_root(gateway, media):
@@ -190,3 +194,64 @@ def test_every_control_on_the_page_has_a_label():
     unlabelled = [cid for cid, wrapped in p.controls if not wrapped and cid not in p.label_for]
     assert not unlabelled, unlabelled
     assert p.buttons and all(p.buttons), p.buttons
+
+
+def test_a_long_curve_is_thinned_keeping_each_stretchs_peak():
+    curve = {"frames": list(range(1, 11)), "score": [0.1, 5.0, None, 0.2, None, None, 0.3, 9.0, 0.4, 0.5]}
+    thin = thin_curve(curve, {"z_high": 12.0, "z_low": 3.0, "step": 4}, max_points=4)
+    # 10 points into stretches of 3: [1-3] [4-6] [7-9] [10]; an all-None stretch stays a gap
+    assert thin == {"frames": [1, 4, 7, 10], "score": [5.0, 0.2, 9.0, 0.5], "z_high": 12.0, "z_low": 3.0,
+                    "frames_per_point": 12}
+    assert thin_curve(curve, {"z_high": 1, "z_low": 0}, max_points=2000)["score"] == curve["score"]
+    assert thin_curve({"frames": [1, 2], "score": [None, None]}, {}, max_points=1)["score"] == [None]
+
+
+def test_progress_board_and_the_perception_processs_counts(tmp_path):
+    board = ProgressBoard(max_runs=2)
+    assert board.start(None, tmp_path, "perception") is None  # no id: not followed
+    run = board.start("abcd-1234", tmp_path, "spotting")
+    assert board.get("abcd-1234")["stage"] == "spotting" and board.get("abcd-1234")["done"] is None
+    report = file_reporter(run.counts_file)
+    report("spotting", 10, 300)
+    report("spotting", 11, 300)  # within the throttle: not written
+    assert {k: board.get("abcd-1234")[k] for k in ("stage", "done", "total")} == \
+        {"stage": "spotting", "done": 10, "total": 300}
+    report("evidence", 0, 3)  # a new stage is always written
+    assert board.get("abcd-1234")["stage"] == "evidence"
+    run.stage = "model"  # the gateway's own stage wins once perception is done
+    assert board.get("abcd-1234")["stage"] == "model" and board.get("abcd-1234")["done"] is None
+    for bad, why in (("short", "8-64"), ("bad id with spaces", "8-64"), ("abcd-1234", "already in use")):
+        with pytest.raises(RequestIdError, match=why):
+            board.start(bad, tmp_path, "perception")
+    board.start("second-run", tmp_path, "perception")
+    with pytest.raises(RequestIdError, match="too many"):
+        board.start("third-run", tmp_path, "perception")
+    board.end("abcd-1234")
+    assert board.get("abcd-1234") is None
+
+
+def test_a_named_request_can_be_followed_while_it_runs(gateway, media):
+    """Perception of a real clip runs (the model server behind this gateway is down, so the request
+    then fails with 503); meanwhile /v1/me/progress/{id} says where it is, and forgets it after."""
+    import threading
+
+    root, corpus = media
+    assert httpx.get(gateway + "/v1/me/progress/abcdefgh12").status_code == 401
+    missing = httpx.get(gateway + "/v1/me/progress/abcdefgh12", headers=AUTH)
+    assert missing.status_code == 404 and "no running request" in missing.json()["error"]["message"]
+    bad = httpx.post(gateway + "/v1/me/analyze", headers=AUTH, data={"path": corpus[0].frames_dir, "request_id": "x"})
+    assert bad.status_code == 422 and "request_id must be 8-64" in bad.json()["error"]["message"]
+    done: dict = {}
+    post = threading.Thread(target=lambda: done.setdefault("r", httpx.post(
+        gateway + "/v1/me/analyze", headers=AUTH, data={"path": corpus[0].frames_dir, "request_id": "follow-me-1"},
+        timeout=120)))
+    post.start()
+    seen = set()
+    while post.is_alive():
+        r = httpx.get(gateway + "/v1/me/progress/follow-me-1", headers=AUTH)
+        if r.status_code == 200:
+            seen.add(r.json()["stage"])
+    post.join()
+    assert done["r"].status_code == 503  # no model server: after perception
+    assert "perception" in seen, seen
+    assert httpx.get(gateway + "/v1/me/progress/follow-me-1", headers=AUTH).status_code == 404

@@ -67,6 +67,18 @@ def clips(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def long_video(tmp_path_factory) -> tuple[Path, list]:
+    """A 10 s H.264 synthetic video with several events (and blinks, head turns, talking): small enough
+    to upload under the test gateway's 8 MiB limit."""
+    from mellm.synth_long import LongConfig, generate_long
+
+    root = tmp_path_factory.mktemp("long")
+    (video,) = generate_long(root, n=1, seed=4, config=LongConfig(seconds=10, fps=30, width=320, height=240,
+                                                                  face_iod=60, events_per_minute=24, codec="h264"))
+    return root / video.path, video.events
+
+
+@pytest.fixture(scope="module")
 def gateway(vllm_server, clips):
     root, _, _ = clips
     cfg = GatewayConfig(upstream=vllm_server.cfg.url, model="me", api_key=KEY, media_root=root, max_tokens=24,
@@ -228,6 +240,73 @@ def test_pick_a_clip_under_the_media_root_by_keyboard_at_a_phone_width(browser, 
     page.close()
 
 
+def test_a_long_video_shows_its_events_as_a_timeline(browser, gateway, long_video, shots):
+    """Spot a long video: the motion curve with the events on it, the video's answers beside the
+    event list's, progress while it runs; choosing an event (by keyboard, on the curve or in the
+    list) shows its own pictures, evidence and answers."""
+    path, planted = long_video
+    requests: list[str] = []
+    page = open_page(browser, gateway, DESKTOP, requests)
+    page.wait_for_selector("#connection:has-text('Connected')")
+    followed = []  # the progress replies, read after the request (a handler must not call back into the page)
+    page.on("response", lambda r: "/v1/me/progress/" in r.url and r.status == 200 and followed.append(r))
+    page.check("#mode-long")
+    assert page.is_hidden("#frames-box") and page.is_visible("#long-questions") and page.is_hidden("#short-questions")
+    page.set_input_files("#file", str(path))
+    with page.expect_response(lambda r: r.url.endswith("/v1/me/analyze_long"), timeout=RESULT_TIMEOUT_MS) as reply:
+        page.click("#analyse")
+        page.wait_for_selector("#status:not([hidden])")
+    assert reply.value.status == 200, reply.value.text()
+    body = reply.value.json()
+    page.wait_for_selector("#long-box:not([hidden])")
+    events = body["events"]
+    assert len(events) >= 2, f"{len(events)} events spotted of {len(planted)} planted"
+    progress = [r.json() for r in followed]
+    assert progress and {p["stage"] for p in progress} <= {"receiving", "spotting", "evidence", "model"}, progress
+    assert page.locator("#long-curve polyline").count() >= 1 and body["curve"]["frames_per_point"] >= 1
+    assert page.locator("#long-curve rect.event").count() == len(events) == page.locator("#timeline button").count()
+    assert page.locator("#long-curve rect.event.macro").count() == sum(e["type"] == "macro" for e in events)
+    # the six LVQA questions, the model's answers with the event list's beside them
+    assert [a["question"] for a in body["answers"]] == page.locator("#video-answers h4").all_inner_texts()
+    assert len(body["answers"]) == 6 and not body["errors"]
+    assert [t.strip() for t in page.locator("#video-answers blockquote").all_inner_texts()] == \
+        [shown_answer(a["answer"]) for a in body["answers"]]
+    assert page.locator("#video-answers .baseline").count() == 6
+    count = next(b["answer"] for b in body["baseline"] if b["question"].startswith("How many expression events"))
+    assert str(len(events)) in count
+    # the first event is shown; the last is chosen on the curve, by keyboard
+    assert "Event 1 of" in page.inner_text("#event-h")
+    k = len(events) - 1
+    page.focus(f"#long-curve rect[data-event='{k}']")
+    page.keyboard.press("Enter")
+    e = events[k]
+    assert page.inner_text("#event-h").startswith(f"Event {k + 1} of {len(events)}: {e['type']}, frames {e['onset']}-")
+    assert page.get_attribute(f"#timeline button[data-event='{k}']", "aria-pressed") == "true"
+    assert page.get_attribute("#timeline button[data-event='0']", "aria-pressed") == "false"
+    for img in ("#img-onset", "#img-apex", "#img-flow", "#img-magnitude"):
+        assert page.get_attribute(img, "src") == e["views"]["images"][img.removeprefix("#img-")], img
+    assert page.locator("#region-table tbody tr").count() == 31 == page.locator("#region-svg circle").count()
+    present = {int(t.strip()[2:]) for t in page.locator("#au-table tr.present th").all_inner_texts()}
+    assert present == {a["au"] for a in e["evidence"]["aus"]} == set(e["aus"])
+    assert page.inner_text("#description").strip() == e["evidence"]["description"].strip()
+    assert [a["question"] for a in e["answers"]] == ["Please analyse the micro-expression shown in this video in detail."]
+    assert [t.strip() for t in page.locator("#answers blockquote").all_inner_texts()] == [shown_answer(e["answers"][0]["answer"])]
+    assert page.locator("#answers .claims li").count() == len(e["answers"][0]["claims"])
+    assert page.is_hidden("#short-curve-box")
+    page.screenshot(path=str(shots / "web-long-desktop.png"), full_page=True)
+    # and back to the first event from the list
+    page.focus("#timeline button[data-event='0']")
+    page.keyboard.press("Enter")
+    assert "Event 1 of" in page.inner_text("#event-h")
+    assert page.get_attribute("#img-apex", "src") == events[0]["views"]["images"]["apex"]
+    page.set_viewport_size(PHONE)
+    overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+    assert overflow <= 0, f"the page is {overflow} px wider than a phone's screen"
+    page.screenshot(path=str(shots / "web-long-phone.png"), full_page=True)
+    assert_only_the_gateway(requests, gateway)
+    page.close()
+
+
 def test_a_bad_clip_shows_the_apis_reason(browser, gateway, clips):
     _, _, uploads = clips
     requests: list[str] = []
@@ -253,6 +332,13 @@ def test_a_bad_clip_shows_the_apis_reason(browser, gateway, clips):
     assert reply.value.status == 413
     page.wait_for_selector("#error:has-text('HTTP 413')")
     assert "exceeds the 8 MiB limit" in page.inner_text("#error")
+    page.check("#mode-long")  # a long video as frames needs its frame rate
+    page.set_input_files("#file", str(uploads / "clip.zip"))
+    with page.expect_response(lambda r: r.url.endswith("/v1/me/analyze_long")) as reply:
+        page.click("#analyse")
+    assert reply.value.status == 422
+    page.wait_for_selector("#error:has-text('HTTP 422')")
+    assert "needs its frame rate" in page.inner_text("#error") and "fps field" in page.inner_text("#error")
     assert_only_the_gateway(requests, gateway)
     page.close()
 

@@ -4,7 +4,8 @@
 
 const $ = (id) => document.getElementById(id);
 const SVG = "http://www.w3.org/2000/svg";
-const state = { key: "", info: null, folder: "", extra: [], xhr: null, timer: null, reply: null };
+const state = { key: "", info: null, folder: "", extra: [], xhr: null, timer: null, reply: null, event: null };
+const POLL_MS = 500;  // how often a running request's progress is asked for
 
 // Text only ever goes in with textContent: answers and clip names come from elsewhere.
 function el(tag, attrs = {}, ...children) {
@@ -104,6 +105,19 @@ function fillQuestions(q) {
   }
   $("au-qtype").replaceChildren(...q.per_au.map((p) => el("option", { value: p.template, text: p.template.replace("{au}", "…") })));
   $("au-pick").replaceChildren(...q.aus.map((a) => el("option", { value: a.name, text: `AU${a.au} ${a.name}` })));
+  $("video-questions").replaceChildren(...q.long.map((f) => el("label", { class: "check" },
+    el("input", { type: "checkbox", value: f.text, "data-qtype": f.qtype, checked: true }), " " + f.text)));
+  $("event-question-text").textContent = q.event;
+}
+
+const mode = () => document.querySelector("input[name=mode]:checked").value;
+
+function showMode() {
+  const long = mode() === "long";
+  $("frames-box").hidden = long;
+  $("short-questions").hidden = long;
+  $("long-questions").hidden = !long;
+  $("fps-box").hidden = !long;
 }
 
 function renderExtra() {
@@ -141,12 +155,18 @@ async function browse(folder) {
 // --- asking -----------------------------------------------------------------------------------
 
 function questions() {
-  const chosen = [...$("fixed-questions").querySelectorAll("input:checked")].map((c) => c.value);
+  const box = mode() === "long" ? $("video-questions") : $("fixed-questions");
+  const chosen = [...box.querySelectorAll("input:checked")].map((c) => c.value);
   const free = $("free-questions").value.split("\n").map((s) => s.trim()).filter(Boolean);
-  return [...chosen, ...state.extra, ...free];
+  return mode() === "long" ? [...chosen, ...free] : [...chosen, ...state.extra, ...free];
 }
 
-function formData() {
+// A name for the request, to follow it at v1/me/progress/ID (crypto.randomUUID needs a secure context).
+function requestId() {
+  return [...crypto.getRandomValues(new Uint8Array(12))].map((b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+function formData(id) {
   const fd = new FormData();
   const source = document.querySelector("input[name=source]:checked").value;
   if (source === "upload") {
@@ -158,9 +178,15 @@ function formData() {
     if (!p) throw Object.assign(new Error("choose a clip under the media root"), { status: 0 });
     fd.append("path", p);
   }
-  for (const k of ["onset", "apex", "offset"]) if ($(k).value.trim()) fd.append(k, $(k).value.trim());
+  if (mode() === "short") {
+    for (const k of ["onset", "apex", "offset"]) if ($(k).value.trim()) fd.append(k, $(k).value.trim());
+  } else {
+    if ($("ask-events").checked) fd.append("event_question", state.info.questions.event);
+    if ($("fps").value.trim()) fd.append("fps", $("fps").value.trim());
+  }
   for (const q of questions()) fd.append("question", q);
   fd.append("views", "true");
+  fd.append("request_id", id);
   return fd;
 }
 
@@ -171,11 +197,43 @@ function progress(text, value) {
   else $("progress").value = value;
 }
 
+const STAGES = { receiving: "Receiving the clip", perception: "Perception is working", spotting: "Spotting expressions",
+  evidence: "Looking at each spotted event", model: "The model is answering" };
+
+function describeProgress(p) {
+  const stage = STAGES[p.stage] || p.stage;
+  if (p.stage === "spotting" && p.done !== null) {
+    return [`${stage}: frame ${p.done}` + (p.total ? ` of ${p.total}` : ""), p.total ? 100 * p.done / p.total : null];
+  }
+  if (p.stage === "evidence" && p.done !== null) return [`${stage}: ${p.done + 1} of ${p.total}`, 100 * p.done / p.total];
+  return [stage, null];
+}
+
+// While the request runs, ask the gateway how far it has got; until it knows the request, say so.
+function followProgress(id, started) {
+  const elapsed = () => ((performance.now() - started) / 1000).toFixed(0) + " s";
+  let last = ["Waiting for the gateway", null], busy = false;
+  const tick = async () => {
+    progress(`${last[0]}… ${elapsed()}`, last[1]);
+    if (busy) return;
+    busy = true;
+    try {
+      const p = await getJSON("v1/me/progress/" + id);
+      last = describeProgress(p);
+      progress(`${last[0]}… ${elapsed()}`, last[1]);
+    } catch (_) { /* not started yet, or just finished: the next tick or the reply tells */ }
+    busy = false;
+  };
+  tick();
+  state.timer = setInterval(tick, POLL_MS);
+}
+
 function analyse(event) {
   event.preventDefault();
   clearError();
+  const id = requestId();
   let fd;
-  try { fd = formData(); } catch (e) { showError(e); return; }
+  try { fd = formData(id); } catch (e) { showError(e); return; }
   const xhr = new XMLHttpRequest();
   state.xhr = xhr;
   const started = performance.now();
@@ -184,12 +242,10 @@ function analyse(event) {
   $("cancel").hidden = false;
   progress("Sending the clip…", 0);
   xhr.upload.onprogress = (e) => { if (e.lengthComputable) progress(`Sending the clip… ${Math.round(100 * e.loaded / e.total)}%`, 100 * e.loaded / e.total); };
-  xhr.upload.onload = () => {
-    progress("Perception and the model are working… " + elapsed(), null);
-    state.timer = setInterval(() => progress("Perception and the model are working… " + elapsed(), null), 1000);
-  };
+  xhr.upload.onload = () => { if (!state.timer) followProgress(id, started); };
   const done = () => {
     clearInterval(state.timer);
+    state.timer = null;
     state.xhr = null;
     $("analyse").disabled = false;
     $("cancel").hidden = true;
@@ -200,22 +256,27 @@ function analyse(event) {
     if (xhr.status !== 200) { showError(apiError(xhr.status, xhr.responseText, xhr.getResponseHeader("Retry-After"))); return; }
     let reply;
     try { reply = JSON.parse(xhr.responseText); } catch (e) { showError(new Error("the gateway's reply is not JSON")); return; }
-    render(reply, elapsed());
+    if (Array.isArray(reply.events)) renderLong(reply, elapsed());
+    else render(reply, elapsed());
   };
   xhr.onerror = () => { done(); showError(Object.assign(new Error("the gateway could not be reached"), { status: 0 })); };
   xhr.onabort = () => { done(); progress("Cancelled.", 0); $("status").hidden = false; };
-  xhr.open("POST", "v1/me/analyze");
+  xhr.open("POST", mode() === "long" ? "v1/me/analyze_long" : "v1/me/analyze");
   for (const [k, v] of Object.entries(headers())) xhr.setRequestHeader(k, v);
   xhr.send(fd);
+  // A path under the media root has (almost) nothing to upload: follow the request at once.
+  if (!fd.has("file")) followProgress(id, started);
 }
 
 // --- showing ----------------------------------------------------------------------------------
+
+const dd = (k, v) => [el("dt", { text: k }), el("dd", { text: v })];
+const auList = (aus) => (aus.length ? aus.map((a) => `AU${a.au} ${a.name} (${sideWord(a.side)})`).join(", ") : "none");
 
 function render(reply, took) {
   state.reply = reply;
   const ev = reply.evidence;
   $("r-clip").textContent = reply.clip;
-  const dd = (k, v) => [el("dt", { text: k }), el("dd", { text: v })];
   $("summary").replaceChildren(
     ...dd("model", reply.model),
     ...dd("frames", `${ev.n_frames}` + (ev.fps ? ` at ${fmt(ev.fps, 0)} fps` : "")),
@@ -224,18 +285,132 @@ function render(reply, took) {
     ...dd("offset", ev.offset_frame === null ? "not given" : String(ev.offset_frame)),
     ...dd("flow", ev.flow_method),
     ...dd("head motion", `${fmt(ev.head_motion && ev.head_motion.mean_px)} px removed`),
-    ...dd("AUs found", ev.aus.length ? ev.aus.map((a) => `AU${a.au} ${a.name} (${sideWord(a.side)})`).join(", ") : "none"),
+    ...dd("AUs found", auList(ev.aus)),
     ...dd("took", took),
   );
-  renderImages(reply.views, ev);
+  $("long-box").hidden = true;
+  $("clip-box").hidden = false;
+  $("short-curve-box").hidden = false;
+  $("answers-h").textContent = "Answers";
+  renderClip(ev, reply.views, reply.answers, reply.errors);
   renderCurve(ev);
-  renderAnswers(reply);
-  renderAUs(ev);
-  renderRegions(ev);
-  $("description").textContent = ev.description;
   renderTimings(reply.timings_ms, ev.timings_ms);
   $("results").hidden = false;
   $("results").focus();
+}
+
+// One clip's evidence: a short clip's, or one spotted event's in a long video.
+function renderClip(ev, views, answers, errors) {
+  renderImages(views, ev);
+  renderAnswers($("answers"), answers, errors);
+  renderAUs(ev);
+  renderRegions(ev);
+  $("description").textContent = ev.description;
+}
+
+// --- long videos: the motion curve with the spotted events as a timeline --------------------------
+
+const eventName = (e, k) => `event ${k + 1}: ${e.type}, frames ${e.onset}-${e.offset} (apex ${e.apex})`;
+
+function renderLong(reply, took) {
+  state.reply = reply;
+  $("r-clip").textContent = reply.clip;
+  const micro = reply.events.filter((e) => e.type === "micro").length;
+  $("summary").replaceChildren(
+    ...dd("model", reply.model),
+    ...dd("frames", `${reply.n_frames} at ${fmt(reply.fps, 0)} fps (${fmt(reply.n_frames / reply.fps, 1)} s)`),
+    ...dd("events spotted", `${reply.events.length}: ${micro} micro, ${reply.events.length - micro} macro`),
+    ...dd("face missing", reply.face_gaps.length ? reply.face_gaps.map(([a, b]) => `frames ${a}-${b}`).join(", ") : "never"),
+    ...dd("took", took),
+  );
+  $("long-box").hidden = false;
+  $("short-curve-box").hidden = true;
+  renderLongCurve(reply);
+  $("timeline").replaceChildren(...reply.events.map((e, k) => el("li", {},
+    el("button", { type: "button", class: "event-button " + e.type, "aria-pressed": "false", "data-event": k,
+      onclick: () => selectEvent(k) },
+    el("span", { class: "event-kind", text: e.type === "micro" ? "micro" : "MACRO" }),
+    ` ${k + 1}: frames ${e.onset}-${e.offset}` + (e.aus.length ? ` · AU${e.aus.join(", AU")}` : "")))));
+  const baseline = Object.fromEntries(reply.baseline.map((b) => [b.question, b.answer]));
+  renderAnswers($("video-answers"), reply.answers, reply.errors, baseline);
+  $("long-notes").replaceChildren(...reply.notes.map((n) => el("li", { text: n })));
+  renderTimings(reply.timings_ms, {});
+  $("results").hidden = false;
+  if (reply.events.length) selectEvent(0, false);
+  else {
+    $("event-h").textContent = "No expression event was spotted in this video.";
+    $("clip-box").hidden = true;
+  }
+  $("results").focus();
+}
+
+function selectEvent(k, focus = true) {
+  const reply = state.reply, e = reply.events[k];
+  state.event = k;
+  for (const b of $("timeline").querySelectorAll("button")) b.setAttribute("aria-pressed", String(Number(b.dataset.event) === k));
+  for (const r of $("long-curve").querySelectorAll("rect.event")) r.classList.toggle("selected", Number(r.dataset.event) === k);
+  $("event-h").textContent = `Event ${k + 1} of ${reply.events.length}: ${e.type}, frames ${e.onset}-${e.offset}, ` +
+    `apex ${e.apex} (${fmt((e.offset - e.onset + 1) / reply.fps, 2)} s)`;
+  $("answers-h").textContent = `Answers about event ${k + 1}`;
+  if (!e.evidence) {
+    $("clip-box").hidden = true;
+    $("event-h").textContent += ": no evidence (see the notes above)";
+  } else {
+    $("clip-box").hidden = false;
+    renderClip(e.evidence, e.views, e.answers, e.errors);
+    if (!e.answers.length && !e.errors.length) {
+      $("answers").replaceChildren(el("p", { class: "muted", text: "This event was not asked a question of its own." }));
+    }
+  }
+  if (focus) $("event-h").focus();
+}
+
+function renderLongCurve(reply) {
+  const svg = $("long-curve");
+  svg.replaceChildren();
+  const W = 960, H = 210, L = 44, R = 10, T = 26, B = 30;
+  svg.setAttribute("viewBox", `0 0 ${W} ${H}`);
+  const c = reply.curve, n = Math.max(reply.n_frames, 2);
+  const values = c ? c.score.filter((v) => v !== null) : [];
+  const top = Math.max(...values, c ? c.z_high * 1.2 : 1, 1);
+  const x = (f) => L + (W - L - R) * (f - 1) / (n - 1), y = (z) => H - B - (H - T - B) * Math.max(0, Math.min(z, top)) / top;
+  const sec = (f) => fmt((f - 1) / reply.fps, 1) + " s";
+  svg.append(el("svg:defs", {}, el("svg:pattern", { id: "hatch", width: 6, height: 6, patternUnits: "userSpaceOnUse",
+    patternTransform: "rotate(45)" }, el("svg:line", { x1: 0, y1: 0, x2: 0, y2: 6, class: "hatch" }))));
+  for (const [a, b] of reply.face_gaps) {
+    svg.append(el("svg:rect", { x: x(a), y: T, width: Math.max(1, x(b) - x(a)), height: H - T - B, class: "gap" },
+      el("svg:title", { text: `no face, frames ${a}-${b}` })));
+  }
+  reply.events.forEach((e, k) => {
+    const r = el("svg:rect", { x: x(e.onset), y: T, width: Math.max(3, x(e.offset) - x(e.onset)), height: H - T - B,
+      class: "event " + e.type, tabindex: "0", role: "button", "data-event": k, "aria-label": eventName(e, k),
+      onclick: () => selectEvent(k),
+      onkeydown: (ev) => { if (ev.key === "Enter" || ev.key === " ") { ev.preventDefault(); selectEvent(k); } } },
+    el("svg:title", { text: eventName(e, k) }));
+    svg.append(r, el("svg:text", { x: x(e.onset), y: T - 6, class: "tick", text: `${k + 1}${e.type === "micro" ? "" : " M"}` }));
+  });
+  svg.append(el("svg:line", { x1: L, y1: H - B, x2: W - R, y2: H - B, class: "axis" }),
+    el("svg:line", { x1: L, y1: T, x2: L, y2: H - B, class: "axis" }),
+    el("svg:text", { x: L - 4, y: T + 4, class: "tick end", text: fmt(top, 0) }),
+    el("svg:text", { x: L - 4, y: H - B, class: "tick end", text: "0" }),
+    el("svg:text", { x: L, y: H - 8, class: "tick", text: "0 s" }),
+    el("svg:text", { x: W - R, y: H - 8, class: "tick end", text: sec(n) }));
+  if (c) {
+    for (const [z, cls, name] of [[c.z_high, "level-high", "peak level"], [c.z_low, "level-low", "extent level"]]) {
+      svg.append(el("svg:line", { x1: L, y1: y(z), x2: W - R, y2: y(z), class: "level " + cls },
+        el("svg:title", { text: `${name}: ${fmt(z, 1)}` })));
+    }
+    let run = [];
+    const flush = () => { if (run.length > 1) svg.append(el("svg:polyline", { points: run.join(" "), class: "trace" })); run = []; };
+    c.frames.forEach((f, i) => { if (c.score[i] === null) flush(); else run.push(`${x(f)},${y(c.score[i])}`); });
+    flush();
+  }
+  const micro = reply.events.filter((e) => e.type === "micro").length;
+  $("long-curve-cap").textContent = (c ? `Motion score over the video (noise units over rest; ${c.frames_per_point > 1 ?
+    "each point the highest of " + c.frames_per_point + " frames" : "every analysed frame"}). Dashed line: the level an ` +
+    "event's peak must reach; dotted: where it ends. " : "No motion curve in this reply. ") +
+    `${reply.events.length} events: ${micro} micro (filled boxes), ${reply.events.length - micro} macro (hatched, marked M); ` +
+    "grey: no face.";
 }
 
 function renderImages(views, ev) {
@@ -298,10 +473,11 @@ function renderCurve(ev) {
     `(${fmt(Math.max(...curve.magnitude))} px). Onset: dashed line, apex: solid, offset: dotted.`;
 }
 
-function renderAnswers(reply) {
-  const box = $("answers");
+// Answers with the AUs each claims, supported by the evidence or not; beside each, the model-free
+// answer (`baseline`: {question: answer}) where there is one.
+function renderAnswers(box, answers, errors, baseline = {}) {
   box.replaceChildren();
-  for (const a of reply.answers) {
+  for (const a of answers) {
     const claims = (a.claims || []).map((c) => el("li", { class: c.supported ? "ok" : "bad" },
       el("span", { class: "mark-icon", "aria-hidden": "true", text: c.supported ? "✓" : "✗" }),
       ` AU${c.au} ${c.name}: ` + (c.supported ? "supported by the evidence" : "not supported by the evidence") +
@@ -315,9 +491,18 @@ function renderAnswers(reply) {
       el("p", { class: "muted", text: `type ${a.qtype}` + (labels ? ` · read as ${labels}` : "") +
         (p.parsed === false && p.problem ? ` · not read: ${p.problem}` : "") }),
       el("blockquote", { text: a.answer.trim() ? a.answer : "(no text: the model's answer is empty or only white space)" }),
+      a.question in baseline ? el("p", { class: "baseline" }, el("span", { class: "muted", text: "From the event list alone: " }),
+        el("span", { text: baseline[a.question] })) : null,
       claims.length ? el("ul", { class: "claims", "aria-label": "AUs the answer names" }, ...claims) : null));
   }
-  for (const e of reply.errors || []) {
+  const asked = new Set([...answers, ...(errors || [])].map((a) => a.question));
+  for (const [q, text] of Object.entries(baseline)) {
+    if (asked.has(q)) continue;
+    box.append(el("article", { class: "answer card" }, el("h4", { text: q }),
+      el("p", { class: "muted", text: "The model was not asked (no event was spotted)." }),
+      el("p", { class: "baseline" }, el("span", { class: "muted", text: "From the event list alone: " }), el("span", { text }))));
+  }
+  for (const e of errors || []) {
     box.append(el("article", { class: "answer card error" }, el("h4", { text: e.question }),
       el("p", { text: `HTTP ${e.status}: ${e.message}` })));
   }
@@ -370,6 +555,7 @@ document.addEventListener("DOMContentLoaded", () => {
     state.extra.push($("au-qtype").value.replace("{au}", $("au-pick").value));
     renderExtra();
   });
+  for (const radio of document.querySelectorAll("input[name=mode]")) radio.addEventListener("change", showMode);
   for (const radio of document.querySelectorAll("input[name=source]")) {
     radio.addEventListener("change", () => {
       const media = document.querySelector("input[name=source]:checked").value === "media";
