@@ -40,6 +40,44 @@ def test_samm_long_video_sheet_groups_events_by_video(tmp_path):
         event_type("Sideways", 1, 2, 30)
 
 
+def test_casme2_long_video_sheet_finds_raw_videos_and_frame_folders(tmp_path):
+    """CAS(ME)^2 names a video by subject and a short name; the release has rawvideo/s15/15_0101*.avi
+    and rawpic/s15/15_0102*/ frame folders. Subjects are written "15" or "s15"."""
+    (tmp_path / "rawvideo" / "s15").mkdir(parents=True)
+    (tmp_path / "rawvideo" / "s15" / "15_0101disgustingteeth.avi").write_bytes(b"\0")
+    (tmp_path / "rawpic" / "s16" / "16_0102eatingworms").mkdir(parents=True)
+    rows = [["s15", "0101", 101, 110, 118, "4", "disgust", "micro-expression"],
+            [15, "0101", 500, 540, 600, "4+9", "disgust", "macro-expression"],
+            [16, "0102", 20, 30, 35, "12", "happiness", ""],  # no type: by duration (16 frames at 30 fps: micro)
+            [16, "0102", 90, 80, 70, "12", "happiness", "macro-expression"]]  # offset before onset: a failure
+    write_xlsx(tmp_path / "CAS(ME)^2code_final.xlsx",
+               ["subject", "video name", "onset", "apex", "offset", "AUs", "emotion", "type"], rows)
+    loaded = load_long("casme2_lv", tmp_path)
+    by_video = {r.subject: r for r in loaded.records}
+    assert set(by_video) == {"15", "16"} and all(r.fps == 30.0 for r in loaded.records)
+    assert by_video["15"].source.endswith("15_0101disgustingteeth.avi")
+    assert by_video["16"].source.endswith("16_0102eatingworms")
+    assert [(e.onset, e.offset, e.type, e.aus) for e in by_video["15"].events] == [(101, 118, "micro", [4]),
+                                                                                  (500, 600, "macro", [4, 9])]
+    assert [(e.type, e.fine) for e in by_video["16"].events] == [("micro", "happiness")]
+    assert [f.reason for f in loaded.failures] == ["frame_range"]
+
+
+def test_casme3_long_video_sheet_keeps_micro_and_macro_rows(tmp_path):
+    (tmp_path / "spNO.1" / "a" / "color").mkdir(parents=True)
+    rows = [["spNO.1", "a", 100, 105, 112, "AU4+AU7", "micro-expression"],
+            ["spNO.1", "a", 300, 340, 420, "AU12", "macro-expression"],
+            ["spNO.2", "b", 10, 12, 20, "AU1", "micro-expression"]]  # no frames for this video
+    write_xlsx(tmp_path / "cas(me)3_part_A_ME_label_JpgIndex_v2.xlsx",
+               ["Subject", "Filename", "Onset", "Apex", "Offset", "AU", "Expression type"], rows)
+    loaded = load_long("casme3_lv", tmp_path)
+    (rec,) = loaded.records
+    assert rec.subject == "spNO.1" and rec.source.endswith("a/color")
+    assert [(e.onset, e.apex, e.offset, e.type, e.aus) for e in rec.events] == [(100, 105, 112, "micro", [4, 7]),
+                                                                              (300, 340, 420, "macro", [12])]
+    assert [f.reason for f in loaded.failures] == ["not_found"]
+
+
 @pytest.mark.slow
 def test_build_data_for_long_videos_caches_and_covers_every_lvqa_type(lv_root, tmp_path):
     from mellm.analyze import PerceptionSettings
