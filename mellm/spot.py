@@ -17,9 +17,12 @@ Per analysed frame t (high-speed video is analysed at <= `max_analysis_fps` by f
    (main-direction motion: noise averages out, coherent motion stays).
 After the pass, each group's curve is turned into a z-score against its own robust rest level
 and noise (the median, and the spread of the curve's frame-to-frame differences); the frame
-score is the strongest group's z. Blinks (both eyelid groups far above their rest, at once) blank
-the eye and brow groups for their duration plus a hangover; talking (motion confined to the mouth
-and chin that oscillates) is dropped. Intervals come from hysteresis (a run above `z_low` that
+score is the strongest group's z. Blinks (a run of eyelid motion that begins closing, reaches both
+lids far above rest, moves the lids more than the brows, and lasts no longer than a blink: see
+_blinks) blank the eye and brow groups for the run plus a hangover; talking (motion confined to the
+mouth and chin that oscillates) is dropped. An event must last at least k (a real displacement
+keeps the motion against t-k up that long) and move its strongest group min_event_px, more in
+inter-coded video, whose encoder refreshes a still face in bursts. Intervals come from hysteresis (a run above `z_low` that
 reaches `z_high`), merged across short gaps, checked for duration, and typed micro (<= 0.5 s) or
 macro.
 """
@@ -28,7 +31,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import cv2
 import numpy as np
@@ -68,18 +71,21 @@ class SpotSettings:
     z_high: float = 12.0  # an event's peak must reach this many noise units over rest
     z_low: float = 3.0  # and its extent is where the score stays above this
     min_region_px: float = 0.15  # a group's motion below this (crop px) is never an event
+    min_event_px: float = 0.15  # an event's strongest group must move this much (crop px) at its peak
+    inter_coded_min_event_px: float = 0.25  # that, in inter-coded video (H.264, ...): refresh bursts
     noise_floor_px: float = 0.015  # flow cannot resolve less: a curve's noise is never taken below this
     head_leak: float = 0.08  # share of the head's motion that survives its removal (flow errors), discounted
     head_scale_px: float = 1.0  # and while the head moves h crop px, the score is divided by 1 + h / this
     keyframe_discount: float = 2.0  # a lossy codec's key frame refreshes the picture: scores across one count this much less
     merge_gap_s: float = 0.6  # runs closer than this are one event (a macro-expression's rise and fall)
-    min_event_s: float = 0.1
+    min_event_s: float = 0.16  # = k_seconds: any real displacement keeps the motion against t-k up this long
     max_event_s: float = 4.0
     micro_max_s: float = 0.5
     blink_z: float = 8.0  # both eyelid groups this far above rest at once: a blink (their frames are blanked)
-    blink_px: float = 0.3  # and moving at least this much (crop px)
+    blink_px: float = 0.3  # and moving at least this much (crop px; the weaker lid half of it)
     blink_share: float = 0.7  # an event whose motion is this much the two eyelids' (both moving): a blink, dropped
     blink_hangover_s: float = 0.12
+    blink_max_s: float = 0.5  # a run of lid motion longer than this is not one blink (0.1-0.4 s, + k)
     talking_min_s: float = 0.7  # mouth-only motion this long with >= talking_peaks peaks: talking
     talking_peaks: int = 3
     mouth_share: float = 0.75  # "mouth-only": mouth groups hold this share of the z mass
@@ -293,13 +299,16 @@ def spot_video(path, settings: SpotSettings | None = None, fps: float | None = N
 
     curves = np.vstack(values) if values else np.zeros((0, len(GROUP_NAMES)), np.float32)
     # Key frames of an inter-frame codec (H.264 every ~250 frames) change the whole picture a little
-    # at once; an intra-only codec (FFV1, MJPEG: every frame a key frame) has no such pulse.
+    # at once; an intra-only codec (FFV1, MJPEG) has no such pulse.
     weight = np.ones(len(frames), np.float32)
-    kf = [f for f in stream.keyframes if f > 1]
-    if kf and len(stream.keyframes) < 0.5 * max(1, stream.n_read):
+    inter_coded = stream.inter_coded
+    if inter_coded:
         fr = np.asarray(frames)
-        for f in kf:
+        for f in (f for f in stream.keyframes if f > 1):
             weight[(fr >= f) & (fr < f + (k + 1) * step)] = 1 / s.keyframe_discount
+        # Between key frames an encoder refreshes a still face in bursts, a region at a time: a
+        # few tenths of a pixel of motion that never happened. An event must move more than that.
+        s = replace(s, min_event_px=max(s.min_event_px, s.inter_coded_min_event_px))
     events, z, score = intervals_from_curves(np.asarray(frames), curves, np.asarray(head, np.float32), afps, step, k, s,
                                              lid_dy=np.vstack(lid_dy) if lid_dy else None, weight=weight)
     notes = list(stream.notes)
@@ -310,7 +319,7 @@ def spot_video(path, settings: SpotSettings | None = None, fps: float | None = N
         curve = {"frames": frames, "score": _rounded(score), "head_px": _rounded(np.asarray(head)),
                  "groups": GROUP_NAMES, "group_px": [_rounded(c) for c in curves.T]}
     return Spots(video=str(path), fps=float(probe.fps), n_frames=stream.n_read, analysis_fps=afps,
-                 settings={**s.to_dict(), "step": step, "k": k}, events=events, face_gaps=gaps, notes=notes,
+                 settings={**s.to_dict(), "step": step, "k": k, "inter_coded": inter_coded}, events=events, face_gaps=gaps, notes=notes,
                  timings_s={"total": round(time.perf_counter() - t0, 3), "flow": round(t_flow, 3),
                             "frames_per_s": round(stream.n_read / max(1e-9, time.perf_counter() - t0), 1),
                             "detections": tracker.detections},
@@ -347,16 +356,7 @@ def intervals_from_curves(frames: np.ndarray, curves: np.ndarray, head: np.ndarr
     eye = [GROUP_NAMES.index(g) for g in EYE_GROUPS]
     lids = eye[:2]
     dy = np.ones((len(curves), 2), np.float32) if lid_dy is None else np.nan_to_num(lid_dy)
-    # Blinks: both lids far out at once, closing (moving down) first; an upper-lid raiser (AU5)
-    # moves them up first. Blanked from the closing on, through the reopening and a hangover.
-    moving = np.all(zf[:, lids] >= s.blink_z, axis=1) & np.all(np.nan_to_num(curves[:, lids]) >= s.blink_px, axis=1)
-    up = moving & np.all(dy < 0, axis=1)
-    down = moving & np.all(dy > 0, axis=1)
-    window = max(1, int(round(0.3 * afps)))
-    recent_up = np.convolve(up.astype(np.int32), np.ones(window, np.int32))[:len(up)] > 0
-    start = down & ~recent_up
-    reach = window + k + int(round(s.blink_hangover_s * afps))
-    blink = np.convolve(start.astype(np.int32), np.ones(reach, np.int32))[:len(start)] > 0
+    blink = _blinks(zf, curves, dy, lids, eye[2:], k, afps, s)
     zf[np.ix_(blink, eye)] = 0.0
     # Fast head motion leaves flow errors all over the face, not just in proportion: trust the
     # score less while it lasts (expressions during a head turn need to be that much stronger).
@@ -392,6 +392,8 @@ def intervals_from_curves(frames: np.ndarray, curves: np.ndarray, head: np.ndarr
         zseg = np.clip(zf[a:b + 1], 0, None)
         if _is_talking(zseg, mouth, afps, s):
             continue
+        if np.nanmax(np.where(zseg > 0, curves[a:b + 1], 0.0), initial=0.0) < s.min_event_px:
+            continue
         zraw = np.clip(np.nan_to_num(z[a:b + 1]), 0, None)  # before blanking: is it a blink the blanking missed?
         # An eyelid-only event of blink length is a blink (one lid can hide in the noise), unless
         # both lids first moved up: an upper-lid raiser (AU5).
@@ -408,6 +410,41 @@ def intervals_from_curves(frames: np.ndarray, curves: np.ndarray, head: np.ndarr
                                    confidence=round(peak / (peak + s.z_high), 3), peak_z=round(peak, 2),
                                    regions=regions))
     return events, z, score
+
+
+def _blinks(zf: np.ndarray, curves: np.ndarray, dy: np.ndarray, lids: list[int], brows: list[int], k: int,
+            afps: float, s: SpotSettings) -> np.ndarray:
+    """The analysed frames a blink covers (their eye and brow groups are then blanked).
+
+    A blink is a run of eyelid motion (either lid above z_low; gaps of up to k // 2 frames
+    bridged: a closing lid is a blur the flow follows poorly, it can flicker below the noise for
+    a frame) in which both lids are at some point far out at once (blink_z, blink_px; one lid can
+    follow the closing less well, so the weaker needs half of blink_px), and that begins with the
+    lids closing (their vertical motion over the run's first frames, summed, is downwards). An
+    upper-lid raiser (AU5) moves them up first, a brow lowerer (AU4) moves the brows more than
+    the lids: not blinks. Covered: the whole run and a hangover."""
+    n = len(zf)
+    active = zf[:, lids].max(axis=1) >= s.z_low
+    lid_px = np.sort(np.nan_to_num(curves[:, lids]), axis=1)
+    strong = np.all(zf[:, lids] >= s.blink_z, axis=1) & (lid_px[:, 1] >= s.blink_px) & (lid_px[:, 0] >= s.blink_px / 2)
+    bridge = max(1, k // 2)
+    hangover = int(round(s.blink_hangover_s * afps))
+    blink = np.zeros(n, bool)
+    runs = _runs(active)
+    i = 0
+    while i < len(runs):
+        a, b = runs[i]
+        while i + 1 < len(runs) and runs[i + 1][0] - b - 1 <= bridge:
+            i += 1
+            b = runs[i][1]
+        i += 1
+        if not strong[a:b + 1].any() or (b - a + 1) / afps > s.blink_max_s:
+            continue
+        first = dy[max(0, a - 1):a + bridge + 1].sum()  # both lids, as the run begins: + = down
+        run = np.nan_to_num(curves[a:b + 1])
+        if first > 0 and run[:, lids].max() > run[:, brows].max():
+            blink[a:min(n, b + 1 + hangover)] = True
+    return blink
 
 
 def _is_talking(zseg: np.ndarray, mouth: list[int], afps: float, s: SpotSettings) -> bool:

@@ -296,6 +296,11 @@ def _pyav_read(path: Path, frames: Sequence[int]) -> list[np.ndarray]:
 # --- streaming (long videos) -----------------------------------------------------------------
 
 
+# Codecs that code every frame on its own (FFV1 flags only its context resets as key frames).
+INTRA_ONLY_CODECS = frozenset({"ffv1", "mjpeg", "mjpegb", "ljpeg", "jpegls", "jpeg2000", "png", "rawvideo", "huffyuv",
+                               "ffvhuff", "utvideo", "magicyuv", "prores", "dnxhd", "v210", "r210", "qtrle", "tiff"})
+
+
 class FrameStream:
     """The frames of a video file or a frame folder in order, decoded in a background thread so
     decoding and analysis overlap, never more than `queue_size` frames held. For long videos:
@@ -306,7 +311,8 @@ class FrameStream:
     "gray" (uint8 H x W, from the luma plane: cheapest) or "rgb24". After iteration:
     `n_read` frames were decoded, `error` says why decoding stopped early (a truncated or
     corrupt file; the frames before it were delivered), `notes` lists what a user should know
-    (variable frame rate, declared frame count not reached)."""
+    (variable frame rate, declared frame count not reached), `inter_coded` whether frames were
+    coded from others (H.264 and the like: their key frames and refreshes show as motion)."""
 
     def __init__(self, path: str | Path, every: int = 1, fmt: str = "gray", fps: float | None = None,
                  queue_size: int = 32):
@@ -321,6 +327,7 @@ class FrameStream:
         self.notes: list[str] = []
         self._intervals: list[float] = []
         self.keyframes: list[int] = []  # frame numbers of a video's key frames (lossy codecs pulse there)
+        self.codec: str | None = None  # the video's codec name, once decoding started
         if self.path.is_dir():
             self._files = list_frame_files(self.path)
             if not self._files:
@@ -348,6 +355,13 @@ class FrameStream:
         self.kind, self.fps = "video", fps or rate
         if not self.fps:
             raise UnreadableClipError(f"{self.path}: no frame rate in the file; give one (--fps)")
+
+    @property
+    def inter_coded(self) -> bool:
+        """Frames coded from other frames: a video whose codec is not intra-only and whose key
+        frames are sparse (known once decoding has run)."""
+        return (self.codec is not None and self.codec not in INTRA_ONLY_CODECS
+                and len(self.keyframes) < 0.5 * max(1, self.n_read))
 
     def __iter__(self):
         import queue
@@ -409,6 +423,7 @@ class FrameStream:
         with container:
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
+            self.codec = stream.codec_context.name
             try:
                 for frame in container.decode(stream):
                     self.n_read += 1
