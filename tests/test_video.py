@@ -26,3 +26,18 @@ def test_casme2_folder_starting_at_img46(tmp_path):
     assert clip.numbers_between(10, 47) == [10, 46, 47]
     with pytest.raises(FrameRangeError, match=r"frame 11 is out of range .* \(frames 9..48\)"):
         clip.read(11)
+
+
+def test_inter_coded_is_known_from_the_codec_not_from_key_frame_flags(tmp_path):
+    """FFV1 flags its context resets as key frames but codes every frame on its own; H.264 codes
+    frames from others (spotting discounts its key frames and refresh bursts)."""
+    from mellm.synth_long import LongConfig, generate_long
+    from mellm.video import FrameStream
+
+    for codec, inter in (("ffv1", False), ("h264", True)):
+        (v,) = generate_long(tmp_path / codec, 1, seed=2, config=LongConfig(seconds=3, fps=30, width=160, height=120,
+                                                                           face_iod=40, codec=codec))
+        stream = FrameStream(tmp_path / codec / v.path)
+        assert stream.inter_coded is False  # not known before decoding
+        assert sum(1 for _ in stream) == 90
+        assert (stream.codec, stream.inter_coded) == (codec, inter)
