@@ -152,6 +152,10 @@ ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "
                502: "upstream_error", 503: "service_unavailable", 504: "timeout_error"}
 
 
+# The error answers the analyze routes document in the OpenAPI schema.
+ERROR_RESPONSES = {code: {"model": ErrorReply} for code in (400, 401, 403, 404, 413, 415, 422, 429, 502, 503, 504)}
+
+
 def error_reply(status: int, message: str) -> dict:
     """The JSON body of an error answer with HTTP `status`."""
     kind = ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")

@@ -44,7 +44,7 @@ from mellm.errors import ClipError, ClipNotFoundError, ClipTooLargeError, Config
 from mellm.labels import au_name
 from mellm.prompts import IMAGE_ROLES
 from mellm.serve.clips import ClipRequestError, resolve_media_path, save_upload
-from mellm.serve.contract import AnalyzeReply, ErrorReply, QuestionError, error_reply
+from mellm.serve.contract import ERROR_RESPONSES, AnalyzeReply, QuestionError, error_reply
 from mellm.serve.guard import Guard, idle_closing_protocol, key_given, key_ok
 from mellm.serve.long_video import add_long_route
 from mellm.serve.progress import ProgressBoard, RequestIdError
@@ -277,7 +277,7 @@ def create_app(cfg: GatewayConfig) -> FastAPI:
         return found
 
     @app.post("/v1/me/analyze", response_model=AnalyzeReply,
-              responses={code: {"model": ErrorReply} for code in (400, 401, 403, 404, 413, 415, 422, 429, 502, 503, 504)})
+              responses=ERROR_RESPONSES)
     async def analyze(
         request: Request,
         file: UploadFile | None = File(None, description="A video file or a .zip of frames."),
@@ -306,25 +306,9 @@ def create_app(cfg: GatewayConfig) -> FastAPI:
                        views: bool = False, request_id: str | None = None) -> AnalyzeReply:
         t0 = time.perf_counter()
         timings: dict[str, float] = {}
-        workdir = Path(tempfile.mkdtemp(prefix="mellm-gw-"))
-        try:
-            run = board.start(request_id, workdir, "perception")
-        except RequestIdError as e:
-            shutil.rmtree(workdir, ignore_errors=True)
-            raise HTTPException(422, str(e)) from None
-        try:
-            try:
-                if file is not None and file.filename:
-                    source, name = await _receive(file, workdir), file.filename
-                elif path:
-                    source, name = resolve_media_path(cfg.media_root, path), path
-                else:
-                    raise ClipRequestError(400, "no clip: upload `file` (video or zip of frames) or give `path`")
-            except ClipRequestError as e:
-                raise HTTPException(e.status, str(e)) from None
-            request.state.clip = name
-            request.state.timings = timings
-            timings["receive"] = 1000 * (time.perf_counter() - t0)
+        async with _request_dir(request_id, "perception") as (workdir, run):
+            source, name = await _open_clip(request, file, path, workdir, t0, timings,
+                                            "no clip: upload `file` (video or zip of frames) or give `path`")
             t = time.perf_counter()
             try:
                 # In a worker process: at the deadline (or when this request is cancelled) it is killed.
@@ -361,9 +345,42 @@ def create_app(cfg: GatewayConfig) -> FastAPI:
                                 answers=[a for a in asked if not isinstance(a, QuestionError)],
                                 errors=[a for a in asked if isinstance(a, QuestionError)],
                                 timings_ms={k: round(v, 2) for k, v in timings.items()}, views=shown)
+
+    @asynccontextmanager
+    async def _request_dir(request_id: str | None, stage: str):
+        """One request's temporary folder and, when it named itself, its progress entry (at `stage`);
+        both go when it ends, however it ends."""
+        workdir = Path(tempfile.mkdtemp(prefix="mellm-gw-"))
+        try:
+            try:
+                run = board.start(request_id, workdir, stage)
+            except RequestIdError as e:
+                raise HTTPException(422, str(e)) from None
+            try:
+                yield workdir, run
+            finally:
+                if run is not None:
+                    board.end(request_id)
         finally:
-            board.end(request_id if run is not None else None)
             shutil.rmtree(workdir, ignore_errors=True)
+
+    async def _open_clip(request: Request, file: UploadFile | None, path: str | None, workdir: Path, t0: float,
+                         timings: dict, missing: str) -> tuple[Path, str]:
+        """The request's clip (an upload, saved under `workdir`, or a path under the media root) and
+        its name as the client gave it; the time it took is `timings["receive"]`."""
+        try:
+            if file is not None and file.filename:
+                source, name = await _receive(file, workdir), file.filename
+            elif path:
+                source, name = resolve_media_path(cfg.media_root, path), path
+            else:
+                raise ClipRequestError(400, missing)
+        except ClipRequestError as e:
+            raise HTTPException(e.status, str(e)) from None
+        request.state.clip = name
+        request.state.timings = timings
+        timings["receive"] = 1000 * (time.perf_counter() - t0)
+        return source, name
 
     def _hide_paths(message: str, workdir: Path, name: str) -> str:
         """Error messages name the clip as the client did, never by its place on the server."""
@@ -426,9 +443,8 @@ def create_app(cfg: GatewayConfig) -> FastAPI:
         except (KeyError, IndexError, TypeError):
             raise HTTPException(502, f"the model server's reply has no choices[0].message.content: {r.text[:200]}") from None
 
-    add_long_route(app, cfg, limiter=limiter, workers=workers, board=board,
-                   check_key=lambda request: _check_key(cfg, request), receive=_receive, ask=_ask,
-                   hide_paths=_hide_paths)
+    add_long_route(app, cfg, limiter=limiter, workers=workers, check_key=lambda request: _check_key(cfg, request),
+                   request_dir=_request_dir, open_clip=_open_clip, ask=_ask, hide_paths=_hide_paths)
 
     def _check_media(body) -> None:
         """A chat request may carry images inline (data: URLs). A URL would have vLLM fetch it, from

@@ -15,18 +15,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
 from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
 
 from mellm.errors import ClipError, ClipNotFoundError, MellmError
-from mellm.serve.clips import ClipRequestError, resolve_media_path
-from mellm.serve.contract import ErrorReply, LongAnalyzeReply, QuestionError
-from mellm.serve.progress import RequestIdError, file_reporter
+from mellm.serve.contract import ERROR_RESPONSES, LongAnalyzeReply, QuestionError
+from mellm.serve.progress import file_reporter
 from mellm.serve.workers import PerceptionTimeout, WorkerCrashed
 
 MAX_CURVE_POINTS = 2000
@@ -71,15 +69,17 @@ def _validated(questions: list[str], event_questions: list[str], max_tokens: int
         raise HTTPException(422, f"max_tokens must be 1..{cfg.max_answer_tokens}, got {max_tokens}")
 
 
-def add_long_route(app: FastAPI, cfg, *, limiter, workers, board, check_key: Callable[[Request], None],
-                   receive: Callable[[UploadFile, Path], Awaitable[Path]],
+def add_long_route(app: FastAPI, cfg, *, limiter, workers, check_key: Callable[[Request], None],
+                   request_dir: Callable[[str | None, str], AbstractAsyncContextManager],
+                   open_clip: Callable[..., Awaitable[tuple[Path, str]]],
                    ask: Callable[..., Awaitable[dict | QuestionError]],
                    hide_paths: Callable[[str, Path, str], str]) -> None:
-    """Mount the route on the gateway `app`, with the gateway's limits, workers and model client."""
+    """Mount the route on the gateway `app`, with the gateway's limits, workers, request folders,
+    clip intake and model client (serve/gateway.py)."""
     from mellm.lvqa import answer_from_events, event_list_text, lvqa_questions
 
     @app.post("/v1/me/analyze_long", response_model=LongAnalyzeReply,
-              responses={code: {"model": ErrorReply} for code in (400, 401, 403, 404, 413, 415, 422, 429, 502, 503, 504)})
+              responses=ERROR_RESPONSES)
     async def analyze_long(
         request: Request,
         file: UploadFile | None = File(None, description="A long video file or a .zip of frames."),
@@ -108,25 +108,9 @@ def add_long_route(app: FastAPI, cfg, *, limiter, workers, board, check_key: Cal
                             request_id) -> LongAnalyzeReply:
         t0 = time.perf_counter()
         timings: dict[str, float] = {}
-        workdir = Path(tempfile.mkdtemp(prefix="mellm-gw-"))
-        try:
-            run = board.start(request_id, workdir, "receiving")
-        except RequestIdError as e:
-            shutil.rmtree(workdir, ignore_errors=True)
-            raise HTTPException(422, str(e)) from None
-        try:
-            try:
-                if file is not None and file.filename:
-                    source, name = await receive(file, workdir), file.filename
-                elif path:
-                    source, name = resolve_media_path(cfg.media_root, path), path
-                else:
-                    raise ClipRequestError(400, "no video: upload `file` or give `path`")
-            except ClipRequestError as e:
-                raise HTTPException(e.status, str(e)) from None
-            request.state.clip = name
-            request.state.timings = timings
-            timings["receive"] = 1000 * (time.perf_counter() - t0)
+        async with request_dir(request_id, "receiving") as (workdir, run):
+            source, name = await open_clip(request, file, path, workdir, t0, timings,
+                                           "no video: upload `file` or give `path`")
             if run is not None:
                 run.stage = "spotting"
             t = time.perf_counter()
@@ -169,9 +153,6 @@ def add_long_route(app: FastAPI, cfg, *, limiter, workers, board, check_key: Cal
                 errors=[a for a in asked if isinstance(a, QuestionError)], notes=notes, face_gaps=spots.face_gaps,
                 curve=thin_curve(spots.curve, spots.settings) if views and spots.curve else None,
                 timings_ms={k: round(v, 2) for k, v in timings.items()})
-        finally:
-            board.end(request_id if run is not None else None)
-            shutil.rmtree(workdir, ignore_errors=True)
 
     def _pngs(folder: Path) -> list[bytes]:
         return [(folder / f"{role}.png").read_bytes() for role in cfg.image_roles]
