@@ -22,9 +22,9 @@ lids far above rest, moves the lids more than the brows, and lasts no longer tha
 _blinks) blank the eye and brow groups for the run plus a hangover; talking (motion confined to the
 mouth and chin that oscillates) is dropped. An event must last at least k (a real displacement
 keeps the motion against t-k up that long) and move its strongest group min_event_px, more in
-inter-coded video, whose encoder refreshes a still face in bursts. Intervals come from hysteresis (a run above `z_low` that
-reaches `z_high`), merged across short gaps, checked for duration, and typed micro (<= 0.5 s) or
-macro.
+inter-coded video, whose encoder refreshes a still face in bursts. Intervals come from hysteresis
+(a run above `z_low` that reaches `z_high`), merged across short gaps, checked for duration, and
+typed micro (<= 0.5 s) or macro.
 """
 
 from __future__ import annotations
@@ -319,7 +319,8 @@ def spot_video(path, settings: SpotSettings | None = None, fps: float | None = N
         curve = {"frames": frames, "score": _rounded(score), "head_px": _rounded(np.asarray(head)),
                  "groups": GROUP_NAMES, "group_px": [_rounded(c) for c in curves.T]}
     return Spots(video=str(path), fps=float(probe.fps), n_frames=stream.n_read, analysis_fps=afps,
-                 settings={**s.to_dict(), "step": step, "k": k, "inter_coded": inter_coded}, events=events, face_gaps=gaps, notes=notes,
+                 settings={**s.to_dict(), "step": step, "k": k, "inter_coded": inter_coded}, events=events,
+                 face_gaps=gaps, notes=notes,
                  timings_s={"total": round(time.perf_counter() - t0, 3), "flow": round(t_flow, 3),
                             "frames_per_s": round(stream.n_read / max(1e-9, time.perf_counter() - t0), 1),
                             "detections": tracker.detections},
