@@ -150,6 +150,7 @@ def main() -> None:
     ap.add_argument("--generations", type=int, default=8)
     ap.add_argument("--prompts", type=int, default=2, help="prompts per GRPO step")
     ap.add_argument("--eval-every", type=int, default=10)
+    ap.add_argument("--class-balanced", action="store_true", help="the emotion reward weighs each class by its rarity")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--control", action=argparse.BooleanOptionalAction, default=True,
                     help="also continue the SFT run for as many steps as GRPO took (the control)")
@@ -210,7 +211,8 @@ def main() -> None:
             f"output_dir={work / 'grpo'}", f"model.adapter={sft.adapter_dir}", f"train.max_steps={args.grpo_steps}",
             f"train.save_steps={args.grpo_steps}", f"train.batch_size={batch}", f"train.lr={args.grpo_lr}",
             f"grpo.num_generations={args.generations}", f"grpo.temperature={args.temperature}",
-            "data.qtypes=[coarse,au_list]", "train.logging_steps=1"])
+            "data.qtypes=[coarse,au_list]", "train.logging_steps=1",
+            f"rewards.class_balanced={'true' if args.class_balanced else 'false'}"])
         t0 = time.time()
         grpo = train(grpo_cfg, callbacks=[held_out_callback(coarse_rows, processor, args.eval_every, curve)],
                      progress=False)
@@ -282,7 +284,8 @@ def write_report(report: dict, out: Path) -> None:
         f"SFT: {a['sft_steps']} steps of batch 8 (coarse, fine, AU-list questions), {s['sft']:.0f} s. GRPO from that "
         f"adapter (`configs/train/tiny_cpu_grpo.yaml`): {a['grpo_steps']} steps of {a['prompts']} prompts x "
         f"{a['generations']} sampled answers (temperature {a['temperature']}, lr {a['grpo_lr']}; coarse and AU-list "
-        f"questions; reward weights {report['rewards']['weights']}), {s['grpo']:.0f} s. Held out: the val and test "
+        f"questions{'; class-balanced emotion reward' if a.get('class_balanced') else ''}; "
+        f"reward weights {report['rewards']['weights']}), {s['grpo']:.0f} s. Held out: the val and test "
         f"splits' subjects {report['held_out_subjects']} ({report['held_out']['coarse']} coarse questions, "
         f"{report['held_out']['au_list']} AU-list questions), never trained on; every adapter is reloaded from disk "
         "and answers greedily.", "",
