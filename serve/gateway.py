@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import shutil
 import tempfile
 import time
@@ -384,7 +385,13 @@ def create_app(cfg: GatewayConfig) -> FastAPI:
 
     def _hide_paths(message: str, workdir: Path, name: str) -> str:
         """Error messages name the clip as the client did, never by its place on the server."""
-        message = message.replace(str(workdir), name)
+        # An upload is saved as the request folder's clip.* or unpacked into its frames/: a frame is
+        # named by its place in the zip, anything else there is the clip itself.
+        def inside(m: re.Match) -> str:
+            rest = (m.group(1) or "").lstrip("/")
+            return f"{name}/{rest[len('frames/'):]}" if rest.startswith("frames/") else name
+
+        message = re.sub(re.escape(str(workdir)) + r"(/[^\s'\":,]*)?", inside, message)
         if cfg.media_root is not None:
             message = message.replace(str(cfg.media_root.resolve()) + "/", "").replace(str(cfg.media_root.resolve()), "")
         return message

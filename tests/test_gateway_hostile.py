@@ -258,6 +258,15 @@ def test_a_clip_with_too_many_frames_is_refused_from_its_header(gateway, tmp_pat
     assert "mellm-gw-" not in r.text
 
 
+def test_an_unreadable_upload_is_named_as_the_client_named_it(gateway):
+    url, _ = gateway
+    r = analyze(url, files={"file": ("x.mp4", b"garbage" * 100, "video/mp4")})
+    assert r.status_code == 422, r.text
+    message = error_of(r)["message"]
+    assert "cannot read video x.mp4:" in message and "x.mp4/" not in message, message
+    assert "mellm-gw-" not in r.text
+
+
 # --- bodies, keys, questions, sockets (item 8) ------------------------------------------------
 
 def test_chat_body_is_capped_declared_or_chunked(gateway, upstream):
