@@ -291,12 +291,7 @@ def create_app(cfg: GatewayConfig) -> FastAPI:
         request_id: str | None = Form(None, description="Name this request to follow it at /v1/me/progress/{id}."),
     ):
         _check_key(cfg, request)
-        if len(question) > cfg.max_questions:
-            raise HTTPException(422, f"{len(question)} questions: at most {cfg.max_questions} per request")
-        if any(len(q) > cfg.max_question_chars for q in question):
-            raise HTTPException(422, f"a question is longer than {cfg.max_question_chars} characters")
-        if max_tokens is not None and not 1 <= max_tokens <= cfg.max_answer_tokens:
-            raise HTTPException(422, f"max_tokens must be 1..{cfg.max_answer_tokens}, got {max_tokens}")
+        _check_questions(question, max_tokens)
         async with limiter.slot():
             # The time limit is enforced phase by phase inside: perception in its process (killed at the
             # deadline), then the model with what is left. Waiting for a slot or a worker to start is not counted.
@@ -346,6 +341,15 @@ def create_app(cfg: GatewayConfig) -> FastAPI:
                                 answers=[a for a in asked if not isinstance(a, QuestionError)],
                                 errors=[a for a in asked if isinstance(a, QuestionError)],
                                 timings_ms={k: round(v, 2) for k, v in timings.items()}, views=shown)
+
+    def _check_questions(questions: list[str], max_tokens: int | None) -> None:
+        """What one request may ask: questions (count, length) and answer length."""
+        if len(questions) > cfg.max_questions:
+            raise HTTPException(422, f"{len(questions)} questions: at most {cfg.max_questions} per request")
+        if any(len(q) > cfg.max_question_chars for q in questions):
+            raise HTTPException(422, f"a question is longer than {cfg.max_question_chars} characters")
+        if max_tokens is not None and not 1 <= max_tokens <= cfg.max_answer_tokens:
+            raise HTTPException(422, f"max_tokens must be 1..{cfg.max_answer_tokens}, got {max_tokens}")
 
     @asynccontextmanager
     async def _request_dir(request_id: str | None, stage: str):
@@ -451,7 +455,7 @@ def create_app(cfg: GatewayConfig) -> FastAPI:
             raise HTTPException(502, f"the model server's reply has no choices[0].message.content: {r.text[:200]}") from None
 
     add_long_route(app, cfg, limiter=limiter, workers=workers, check_key=lambda request: _check_key(cfg, request),
-                   request_dir=_request_dir, open_clip=_open_clip, ask=_ask, hide_paths=_hide_paths)
+                   check_questions=_check_questions, request_dir=_request_dir, open_clip=_open_clip, ask=_ask, hide_paths=_hide_paths)
 
     def _check_media(body) -> None:
         """A chat request may carry images inline (data: URLs). A URL would have vLLM fetch it, from

@@ -58,24 +58,14 @@ def thin_curve(curve: dict, settings: dict, max_points: int = MAX_CURVE_POINTS) 
             "frames_per_point": step * int(settings.get("step", 1))}
 
 
-def _validated(questions: list[str], event_questions: list[str], max_tokens: int | None, cfg) -> None:
-    if len(questions) > cfg.max_questions:
-        raise HTTPException(422, f"{len(questions)} questions: at most {cfg.max_questions} per request")
-    if len(event_questions) > MAX_EVENT_QUESTIONS:
-        raise HTTPException(422, f"{len(event_questions)} event questions: at most {MAX_EVENT_QUESTIONS} per request")
-    if any(len(q) > cfg.max_question_chars for q in [*questions, *event_questions]):
-        raise HTTPException(422, f"a question is longer than {cfg.max_question_chars} characters")
-    if max_tokens is not None and not 1 <= max_tokens <= cfg.max_answer_tokens:
-        raise HTTPException(422, f"max_tokens must be 1..{cfg.max_answer_tokens}, got {max_tokens}")
-
-
 def add_long_route(app: FastAPI, cfg, *, limiter, workers, check_key: Callable[[Request], None],
+                   check_questions: Callable[[list[str], int | None], None],
                    request_dir: Callable[[str | None, str], AbstractAsyncContextManager],
                    open_clip: Callable[..., Awaitable[tuple[Path, str]]],
                    ask: Callable[..., Awaitable[dict | QuestionError]],
                    hide_paths: Callable[[str, Path, str], str]) -> None:
-    """Mount the route on the gateway `app`, with the gateway's limits, workers, request folders,
-    clip intake and model client (serve/gateway.py)."""
+    """Mount the route on the gateway `app`, with the gateway's limits and question checks, workers,
+    request folders, clip intake and model client (serve/gateway.py)."""
     from mellm.lvqa import answer_from_events, event_list_text, lvqa_questions
 
     @app.post("/v1/me/analyze_long", response_model=LongAnalyzeReply,
@@ -97,7 +87,11 @@ def add_long_route(app: FastAPI, cfg, *, limiter, workers, check_key: Callable[[
         """Spot the video once, analyse each event, then ask every question with that one event list."""
         check_key(request)
         questions = question or [text for _, text in lvqa_questions()]
-        _validated(questions, event_question, max_tokens, cfg)
+        check_questions(questions, max_tokens)
+        if len(event_question) > MAX_EVENT_QUESTIONS:
+            raise HTTPException(422, f"{len(event_question)} event questions: at most {MAX_EVENT_QUESTIONS} per request")
+        if any(len(q) > cfg.max_question_chars for q in event_question):
+            raise HTTPException(422, f"a question is longer than {cfg.max_question_chars} characters")
         if fps is not None and not 1 <= fps <= 2000:
             raise HTTPException(422, f"fps must be 1..2000, got {fps:g}")
         async with limiter.slot():

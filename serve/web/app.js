@@ -4,7 +4,7 @@
 
 const $ = (id) => document.getElementById(id);
 const SVG = "http://www.w3.org/2000/svg";
-const state = { key: "", info: null, folder: "", extra: [], xhr: null, timer: null, reply: null, event: null };
+const state = { key: "", info: null, folder: "", extra: [], xhr: null, timer: null, reply: null };
 const POLL_MS = 500;  // how often a running request's progress is asked for
 
 // Text only ever goes in with textContent: answers and clip names come from elsewhere.
@@ -210,8 +210,7 @@ function describeProgress(p) {
 }
 
 // While the request runs, ask the gateway how far it has got; until it knows the request, say so.
-function followProgress(id, started) {
-  const elapsed = () => ((performance.now() - started) / 1000).toFixed(0) + " s";
+function followProgress(id, elapsed) {
   let last = ["Waiting for the gateway", null], busy = false;
   const tick = async () => {
     progress(`${last[0]}… ${elapsed()}`, last[1]);
@@ -242,7 +241,7 @@ function analyse(event) {
   $("cancel").hidden = false;
   progress("Sending the clip…", 0);
   xhr.upload.onprogress = (e) => { if (e.lengthComputable) progress(`Sending the clip… ${Math.round(100 * e.loaded / e.total)}%`, 100 * e.loaded / e.total); };
-  xhr.upload.onload = () => { if (!state.timer) followProgress(id, started); };
+  xhr.upload.onload = () => { if (!state.timer) followProgress(id, elapsed); };
   const done = () => {
     clearInterval(state.timer);
     state.timer = null;
@@ -265,7 +264,7 @@ function analyse(event) {
   for (const [k, v] of Object.entries(headers())) xhr.setRequestHeader(k, v);
   xhr.send(fd);
   // A path under the media root has (almost) nothing to upload: follow the request at once.
-  if (!fd.has("file")) followProgress(id, started);
+  if (!fd.has("file")) followProgress(id, elapsed);
 }
 
 // --- showing ----------------------------------------------------------------------------------
@@ -346,7 +345,6 @@ function renderLong(reply, took) {
 
 function selectEvent(k, focus = true) {
   const reply = state.reply, e = reply.events[k];
-  state.event = k;
   for (const b of $("timeline").querySelectorAll("button")) b.setAttribute("aria-pressed", String(Number(b.dataset.event) === k));
   for (const r of $("long-curve").querySelectorAll("rect.event")) r.classList.toggle("selected", Number(r.dataset.event) === k);
   $("event-h").textContent = `Event ${k + 1} of ${reply.events.length}: ${e.type}, frames ${e.onset}-${e.offset}, ` +
