@@ -13,7 +13,11 @@ One run, one set of held-out clips (the val and test splits' subjects, never tra
    The baseline "SFT continued for as many extra steps" is reported too, so that GRPO is not
    credited for extra training alone.
 
-  .venv/bin/python bench/train_grpo.py [--clips 72] [--sft-steps 80] [--grpo-steps 60]
+The tiny model is built with its final norm's gain at 10 (--head-gain): at transformers' default its
+next-token distributions are nearly flat, so sampled answers are noise and GRPO has nothing to compare.
+
+  .venv/bin/python bench/train_grpo.py [--clips 72] [--sft-steps 80] [--grpo-steps 60] [--head-gain 10]
+       [--grpo-qtypes coarse,au_list]
 
 Writes bench/results/train_grpo_cpu.json and .md.
 """
@@ -149,9 +153,14 @@ def main() -> None:
     ap.add_argument("--temperature", type=float, default=0.3)
     ap.add_argument("--generations", type=int, default=8)
     ap.add_argument("--prompts", type=int, default=2, help="prompts per GRPO step")
+    ap.add_argument("--grpo-qtypes", default="coarse,au_list",
+                    help="question types GRPO samples answers to (the emotion reward pays on coarse and fine)")
     ap.add_argument("--eval-every", type=int, default=10)
     ap.add_argument("--class-balanced", action="store_true", help="the emotion reward weighs each class by its rarity")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--head-gain", type=float, default=10.0,
+                    help="the tiny model's final-norm weight: at 1 its next-token distributions are nearly flat and "
+                         "every sampled answer is noise (train/tiny_models.py)")
     ap.add_argument("--control", action=argparse.BooleanOptionalAction, default=True,
                     help="also continue the SFT run for as many steps as GRPO took (the control)")
     ap.add_argument("--work", type=Path, default=None, help="keep the run here instead of a temporary folder")
@@ -182,7 +191,7 @@ def main() -> None:
             generate_corpus(work / "clips", n=args.clips, seed=args.seed, progress=True, config=SynthConfig(
                 n_frames=14, width=320, height=240, face_iod=60, n_subjects=args.subjects))
             build(BuildConfig(datasets=[("synth", work / "clips")], out=data, workers=2, exports=False))
-        model_dir = build_tiny_model(work / "tiny", "qwen2_5_vl", seed=args.seed)
+        model_dir = build_tiny_model(work / "tiny", "qwen2_5_vl", seed=args.seed, head_gain=args.head_gain)
         common = [f"data.dir={data}", f"model.name_or_path={model_dir}", "train.report_to=[]", f"seed={args.seed}",
                   "lora.r=16", "lora.alpha=32"]
         sft_common = common + ["train.batch_size=8", "train.lr=2e-3", "train.warmup_ratio=0.0",
@@ -211,7 +220,7 @@ def main() -> None:
             f"output_dir={work / 'grpo'}", f"model.adapter={sft.adapter_dir}", f"train.max_steps={args.grpo_steps}",
             f"train.save_steps={args.grpo_steps}", f"train.batch_size={batch}", f"train.lr={args.grpo_lr}",
             f"grpo.num_generations={args.generations}", f"grpo.temperature={args.temperature}",
-            "data.qtypes=[coarse,au_list]", "train.logging_steps=1",
+            f"data.qtypes=[{args.grpo_qtypes}]", "train.logging_steps=1",
             f"rewards.class_balanced={'true' if args.class_balanced else 'false'}"])
         t0 = time.time()
         grpo = train(grpo_cfg, callbacks=[held_out_callback(coarse_rows, processor, args.eval_every, curve)],
@@ -280,11 +289,12 @@ def write_report(report: dict, out: Path) -> None:
     lines = [
         "# GRPO with AU-grounded rewards on top of SFT: tiny Qwen2.5-VL on CPU", "",
         f"Machine: {machine_line(machine)}.", "",
-        f"MEU-Instruct from `mellm build-data` on {a['clips']} synthetic clips of {a['subjects']} subjects. "
+        f"MEU-Instruct from `mellm build-data` on {a['clips']} synthetic clips of {a['subjects']} subjects; "
+        f"tiny model's final-norm gain {a.get('head_gain', 1.0)}. "
         f"SFT: {a['sft_steps']} steps of batch 8 (coarse, fine, AU-list questions), {s['sft']:.0f} s. GRPO from that "
         f"adapter (`configs/train/tiny_cpu_grpo.yaml`): {a['grpo_steps']} steps of {a['prompts']} prompts x "
-        f"{a['generations']} sampled answers (temperature {a['temperature']}, lr {a['grpo_lr']}; coarse and AU-list "
-        f"questions{'; class-balanced emotion reward' if a.get('class_balanced') else ''}; "
+        f"{a['generations']} sampled answers (temperature {a['temperature']}, lr {a['grpo_lr']}; "
+        f"{a.get('grpo_qtypes', 'coarse,au_list').replace(',', ' and ')} questions{'; class-balanced emotion reward' if a.get('class_balanced') else ''}; "
         f"reward weights {report['rewards']['weights']}), {s['grpo']:.0f} s. Held out: the val and test "
         f"splits' subjects {report['held_out_subjects']} ({report['held_out']['coarse']} coarse questions, "
         f"{report['held_out']['au_list']} AU-list questions), never trained on; every adapter is reloaded from disk "

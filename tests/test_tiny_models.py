@@ -98,3 +98,25 @@ def test_unknown_arch_is_a_clear_error(tmp_path):
 
     with pytest.raises(ConfigError, match="unknown tiny arch 'llama'"):
         build_tiny_model(tmp_path / "x", "llama")
+
+
+@pytest.mark.parametrize("arch", ["qwen2_5_vl", "qwen2"])
+def test_head_gain_makes_next_token_distributions_peakable(tiny_dirs, tmp_path, arch):
+    """At the default gain the random model's next-token distribution is nearly flat (entropy
+    close to ln 1024), which makes every sampled GRPO answer noise; head_gain=10 lets it peak."""
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+
+    cls = AutoModelForCausalLM if arch == "qwen2" else AutoModelForImageTextToText
+    peaked_dir = build_tiny_model(tmp_path / arch, arch, head_gain=10.0)
+
+    def entropy(path):
+        model = cls.from_pretrained(path).eval()
+        with torch.no_grad():
+            logits = model(input_ids=torch.arange(10, 30)[None]).logits[0]
+        p = logits.softmax(-1)
+        return float(-(p * p.clamp_min(1e-12).log()).sum(-1).mean())
+
+    flat, peaked = entropy(tiny_dirs[arch]), entropy(peaked_dir)
+    assert flat > 0.95 * torch.log(torch.tensor(1024.0))
+    assert peaked < flat - 1.0
+    assert "final norm gain 10.0" in (peaked_dir / "TINY_MODEL.md").read_text()

@@ -79,8 +79,10 @@ def tiny_model(
     out: Path = typer.Option(..., help="Output model directory."),
     arch: str = typer.Option("qwen2_5_vl", help="qwen2_5_vl, qwen2_vl, qwen3_vl or qwen2 (text-only)."),
     seed: int = typer.Option(0, help="Seed of the random weights."),
+    head_gain: float = typer.Option(None, help="Weight of the final norm: 10 lets the next-token distributions "
+                                    "be peaked, as GRPO's sampling needs (default 1: nearly flat)."),
 ):
     """Build a tiny random model (tokenizer, processor, chat template included) with no download."""
     from mellm.train.tiny_models import build_tiny_model
 
-    typer.echo(str(build_tiny_model(out, arch=arch, seed=seed)))
+    typer.echo(str(build_tiny_model(out, arch=arch, seed=seed, head_gain=head_gain)))

@@ -233,8 +233,18 @@ def tiny_processor(arch: str, tok, min_pixels: int = TINY_MIN_PIXELS, max_pixels
 
 
 def build_tiny_model(out_dir: str | Path, arch: str = "qwen2_5_vl", seed: int = 0, vocab_size: int = 1024,
-                     min_pixels: int = TINY_MIN_PIXELS, max_pixels: int = TINY_MAX_PIXELS) -> Path:
-    """Write a tiny random model directory for `arch` (see TINY_ARCHS) and return its path."""
+                     min_pixels: int = TINY_MIN_PIXELS, max_pixels: int = TINY_MAX_PIXELS,
+                     head_gain: float | None = None) -> Path:
+    """Write a tiny random model directory for `arch` (see TINY_ARCHS) and return its path.
+
+    `head_gain`: the weight of the final RMSNorm, i.e. how large the logits can get. With random
+    embeddings (std 0.02, tied to the LM head) and the norm at 1, every logit stays within a few
+    units of zero, so whatever LoRA learns the next-token distribution is almost flat (entropy
+    ~ln 1024): greedy decoding reads the learnt argmax, but a sampled answer is noise. A
+    pretrained model's distributions are peaked; a gain of 10 lets the tiny one's be too, which
+    sampling-based training (GRPO) needs in order to explore near the answer. (Scaling the tied
+    embeddings instead also scales the input side, which then drowns what attention adds: the
+    model stopped reading the question.)"""
     import torch
     import transformers as tf
 
@@ -253,13 +263,18 @@ def build_tiny_model(out_dir: str | Path, arch: str = "qwen2_5_vl", seed: int = 
     else:
         model = tf.AutoModelForImageTextToText.from_config(config, dtype=torch.float32)
         tiny_processor(arch, tok, min_pixels, max_pixels).save_pretrained(out)
+    if head_gain is not None:
+        norm = (model.model if arch == "qwen2" else model.model.language_model).norm
+        with torch.no_grad():
+            norm.weight.fill_(head_gain)
     model.generation_config = tf.GenerationConfig(
         eos_token_id=[ids["eos"], ids["pad"]], pad_token_id=ids["pad"], do_sample=False,
     )
     model.save_pretrained(out)
     # A human-readable note of what this directory is, for anyone who finds it later.
     (out / "TINY_MODEL.md").write_text(
-        f"Tiny random `{arch}` model built offline by `mellm tiny-model` (train/tiny_models.py), seed {seed}.\n"
+        f"Tiny random `{arch}` model built offline by `mellm tiny-model` (train/tiny_models.py), seed {seed}"
+        + (f", final norm gain {head_gain}" if head_gain is not None else "") + ".\n"
         "For tests and demos only: its weights are random and it knows nothing.\n"
     )
     return out
