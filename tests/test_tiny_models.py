@@ -120,3 +120,10 @@ def test_head_gain_makes_next_token_distributions_peakable(tiny_dirs, tmp_path, 
     assert flat > 0.95 * torch.log(torch.tensor(1024.0))
     assert peaked < flat - 1.0
     assert "final norm gain 10.0" in (peaked_dir / "TINY_MODEL.md").read_text()
+
+
+def test_head_gain_must_be_positive(tmp_path):
+    from mellm.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="head_gain 0.0 must be > 0"):
+        build_tiny_model(tmp_path / "x", "qwen2", head_gain=0.0)

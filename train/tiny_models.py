@@ -250,6 +250,8 @@ def build_tiny_model(out_dir: str | Path, arch: str = "qwen2_5_vl", seed: int = 
 
     if arch not in TINY_ARCHS:
         raise ConfigError(f"unknown tiny arch {arch!r}; known: {', '.join(TINY_ARCHS)}")
+    if head_gain is not None and not head_gain > 0:
+        raise ConfigError(f"head_gain {head_gain} must be > 0 (the final norm's weight)")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tok = train_tokenizer(vocab_size, seed=seed)
