@@ -266,9 +266,8 @@ def build_tiny_model(out_dir: str | Path, arch: str = "qwen2_5_vl", seed: int = 
         model = tf.AutoModelForImageTextToText.from_config(config, dtype=torch.float32)
         tiny_processor(arch, tok, min_pixels, max_pixels).save_pretrained(out)
     if head_gain is not None:
-        norm = (model.model if arch == "qwen2" else model.model.language_model).norm
         with torch.no_grad():
-            norm.weight.fill_(head_gain)
+            model.get_decoder().norm.weight.fill_(head_gain)
     model.generation_config = tf.GenerationConfig(
         eos_token_id=[ids["eos"], ids["pad"]], pad_token_id=ids["pad"], do_sample=False,
     )
