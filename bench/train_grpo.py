@@ -13,11 +13,19 @@ One run, one set of held-out clips (the val and test splits' subjects, never tra
    The baseline "SFT continued for as many extra steps" is reported too, so that GRPO is not
    credited for extra training alone.
 
-The tiny model is built with its final norm's gain at 10 (--head-gain): at transformers' default its
-next-token distributions are nearly flat, so sampled answers are noise and GRPO has nothing to compare.
+The defaults are the setting in which GRPO has something to learn on this tiny model:
+- its final norm's gain is 10 (--head-gain): at transformers' default the next-token
+  distributions are nearly flat, so every sampled answer is noise and GRPO has nothing to compare;
+- SFT is short and on coarse questions only (70 steps: the adapter answers in the template but has
+  learnt the classes only partly). With coarse, fine and AU-list questions mixed, the 2-layer model
+  confuses the answer types and never says "positive" even on its training prompts, and GRPO on
+  top of it moved held-out accuracy by a question or two (train_grpo_cpu_gain10_coarse.md);
+- GRPO: 8 prompts x 8 answers per step at temperature 1.0, lr 2e-4 with clip-higher
+  (--epsilon-high 0.28). At lr 1e-3 the policy collapsed within 20 steps (every group's answers
+  identical, one class for every clip); at 5e-5 it hardly moved.
 
-  .venv/bin/python bench/train_grpo.py [--clips 72] [--sft-steps 80] [--grpo-steps 60] [--head-gain 10]
-       [--grpo-qtypes coarse,au_list]
+  .venv/bin/python bench/train_grpo.py [--clips 144] [--sft-steps 70] [--sft-qtypes coarse]
+       [--grpo-steps 80] [--grpo-lr 2e-4] [--grpo-qtypes coarse] [--seed 0] [--work DIR]
 
 Writes bench/results/train_grpo_cpu.json and .md.
 """
@@ -145,16 +153,21 @@ def run_once(train, cfg):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--clips", type=int, default=72)
-    ap.add_argument("--subjects", type=int, default=8)
-    ap.add_argument("--sft-steps", type=int, default=80)
-    ap.add_argument("--grpo-steps", type=int, default=60)
-    ap.add_argument("--grpo-lr", type=float, default=1e-3)
-    ap.add_argument("--temperature", type=float, default=0.3)
+    ap.add_argument("--clips", type=int, default=144)
+    ap.add_argument("--subjects", type=int, default=12)
+    ap.add_argument("--sft-steps", type=int, default=70)
+    ap.add_argument("--grpo-steps", type=int, default=80)
+    ap.add_argument("--grpo-lr", type=float, default=2e-4)
+    ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--generations", type=int, default=8)
-    ap.add_argument("--prompts", type=int, default=2, help="prompts per GRPO step")
-    ap.add_argument("--grpo-qtypes", default="coarse,au_list",
+    ap.add_argument("--prompts", type=int, default=8, help="prompts per GRPO step")
+    ap.add_argument("--grpo-qtypes", default="coarse",
                     help="question types GRPO samples answers to (the emotion reward pays on coarse and fine)")
+    ap.add_argument("--epsilon-high", type=float, default=0.28,
+                    help="upper clip of the policy ratio (DAPO clip-higher): keeps the sampled answers from collapsing into one")
+    ap.add_argument("--sft-qtypes", default="coarse", help="question types SFT trains on")
+    ap.add_argument("--sft-share", type=float, default=1.0,
+                    help="share of the training clips SFT trains on (GRPO trains on all of them)")
     ap.add_argument("--eval-every", type=int, default=10)
     ap.add_argument("--class-balanced", action="store_true", help="the emotion reward weighs each class by its rarity")
     ap.add_argument("--seed", type=int, default=0)
@@ -195,8 +208,19 @@ def main() -> None:
         common = [f"data.dir={data}", f"model.name_or_path={model_dir}", "train.report_to=[]", f"seed={args.seed}",
                   "lora.r=16", "lora.alpha=32"]
         sft_common = common + ["train.batch_size=8", "train.lr=2e-3", "train.warmup_ratio=0.0",
-                               "data.eval_split=null", "data.qtypes=[coarse,fine,au_list]", "train.logging_steps=10",
+                               "data.eval_split=null", f"data.qtypes=[{args.sft_qtypes}]", "train.logging_steps=10",
                                "train.gradient_checkpointing=false"]  # tiny model: memory is no issue
+        dd = datasets.load_from_disk(str(data / "hf"))
+        sft_clips = None
+        if args.sft_share < 1.0:
+            # SFT sees the first share of the training clips; GRPO then also meets clips whose written
+            # answers were never trained on, where only the labels (through the rewards) teach.
+            train_rows = [r for r in dd["train"].select_columns(["clip_id", "qtype"]) if r["qtype"] in args.sft_qtypes.split(",")]
+            clips = list(dict.fromkeys(r["clip_id"] for r in train_rows))
+            sft_clips = clips[:max(1, round(args.sft_share * len(clips)))]
+            n_rows = sum(r["clip_id"] in set(sft_clips) for r in train_rows)
+            assert all(r["clip_id"] in set(sft_clips) for r in train_rows[:n_rows])  # rows come clip by clip
+            sft_common.append(f"data.max_train_samples={n_rows}")
         t0 = time.time()
         sft = run_once(train, load_config("tiny_cpu", sft_common + [
             f"output_dir={work / 'sft'}", f"train.max_steps={args.sft_steps}", f"train.save_steps={args.sft_steps}"]))
@@ -205,7 +229,6 @@ def main() -> None:
         sft_s = json.loads((Path(sft.run_dir) / "metrics.json").read_text()).get("wall_s", sft_s)
 
         # Held out: the val and test subjects (SFT and GRPO here train on the train split only).
-        dd = datasets.load_from_disk(str(data / "hf"))
         test = datasets.concatenate_datasets([dd[s] for s in ("val", "test") if s in dd])
         coarse_rows = [r for r in test if r["qtype"] == "coarse"]
         au_rows = [r for r in test if r["qtype"] == "au_list"]
@@ -221,6 +244,7 @@ def main() -> None:
             f"train.save_steps={args.grpo_steps}", f"train.batch_size={batch}", f"train.lr={args.grpo_lr}",
             f"grpo.num_generations={args.generations}", f"grpo.temperature={args.temperature}",
             f"data.qtypes=[{args.grpo_qtypes}]", "train.logging_steps=1",
+            *([f"grpo.epsilon_high={args.epsilon_high}"] if args.epsilon_high is not None else []),
             f"rewards.class_balanced={'true' if args.class_balanced else 'false'}"])
         t0 = time.time()
         grpo = train(grpo_cfg, callbacks=[held_out_callback(coarse_rows, processor, args.eval_every, curve)],
@@ -240,6 +264,8 @@ def main() -> None:
         first, last = (sum(r for _, r in rewards[:k]) / k, sum(r for _, r in rewards[-k:]) / k)
         machine["load_avg_1m_end"] = os.getloadavg()[0]
         report = {"machine": machine, "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+                  "train_clips": len(set(dd["train"]["clip_id"])),
+                  "sft_clips": len(sft_clips) if sft_clips else len(set(dd["train"]["clip_id"])),
                   "held_out_subjects": held_out_subjects, "held_out": {"coarse": len(coarse_rows), "au_list": len(au_rows)},
                   "rewards": grpo_cfg.rewards.model_dump(),
                   "reference_answers_support": reference_support(au_rows, data),
@@ -284,6 +310,9 @@ def write_report(report: dict, out: Path) -> None:
         return (f"| {name} | {c['accuracy']:.3f} | {c['uf1']:.3f} | {c['uar']:.3f} | {a['micro_f1']:.3f} | "
                 f"{a['mean_set_f1']:.3f} | {share} |")
 
+    share = a.get("sft_share", 1.0)
+    sft_share = (f" of the first {report['sft_clips']} of the {report['train_clips']} training clips; GRPO trains "
+                 "on all of them" if share < 1.0 else "")
     control = (row(f"SFT continued {a['grpo_steps']} more steps (control)", report["sft_continued"])
                if report["sft_continued"] else "| SFT continued (control) | not run | | | | | |")
     lines = [
@@ -291,8 +320,8 @@ def write_report(report: dict, out: Path) -> None:
         f"Machine: {machine_line(machine)}.", "",
         f"MEU-Instruct from `mellm build-data` on {a['clips']} synthetic clips of {a['subjects']} subjects; "
         f"tiny model's final-norm gain {a.get('head_gain', 1.0)}. "
-        f"SFT: {a['sft_steps']} steps of batch 8 (coarse, fine, AU-list questions), {s['sft']:.0f} s. GRPO from that "
-        f"adapter (`configs/train/tiny_cpu_grpo.yaml`): {a['grpo_steps']} steps of {a['prompts']} prompts x "
+        f"SFT: {a['sft_steps']} steps of batch 8 ({a.get('sft_qtypes', 'coarse,fine,au_list').replace(',', ', ')} questions"
+        f"{sft_share}), {s['sft']:.0f} s. GRPO from that adapter (`configs/train/tiny_cpu_grpo.yaml`): {a['grpo_steps']} steps of {a['prompts']} prompts x "
         f"{a['generations']} sampled answers (temperature {a['temperature']}, lr {a['grpo_lr']}; "
         f"{a.get('grpo_qtypes', 'coarse,au_list').replace(',', ' and ')} questions{'; class-balanced emotion reward' if a.get('class_balanced') else ''}; "
         f"reward weights {report['rewards']['weights']}), {s['grpo']:.0f} s. Held out: the val and test "
@@ -306,7 +335,10 @@ def write_report(report: dict, out: Path) -> None:
         "score >= 0.5, on the claimed side where one is stated), the definition the evidence reward and the "
         "gateway's `claims[].supported` use."
         + (" The reference answers of the same questions: {}.".format(_share(report["reference_answers_support"]))
-           if report.get("reference_answers_support") else ""), "",
+           if report.get("reference_answers_support") else "")
+        + ("" if "au_list" in a.get("sft_qtypes", "au_list") + a.get("grpo_qtypes", "au_list") else
+           " In this run neither SFT nor GRPO trained on AU-list questions, so the AU columns only show that "
+           "the adapters do not list AUs they were never taught to."), "",
         f"Mean total reward over the GRPO run: first fifth of the steps {report['reward_first_fifth']:.3f}, "
         f"last fifth {report['reward_last_fifth']:.3f}."
         + (f" Held-out coarse accuracy: {curve[0]['accuracy']:.3f} at the start, {curve[-1]['accuracy']:.3f} at the "

@@ -212,3 +212,23 @@ def test_vision_lora_is_trained_and_flagged_for_serving(assets):
     assert json.loads((result.run_dir / "run.json").read_text())["vision_without_grad"] == []
     notes = json.loads((result.adapter_dir / "serving.json").read_text())
     assert "--enable-tower-connector-lora" in notes["vllm_args"]
+
+
+def test_resume_accepts_a_run_saved_before_a_setting_existed(assets):
+    """A run started by an older MELLM, whose saved config lacks a newer key, resumes when that key is
+    at its default (what ran then) and refuses when this config changes it."""
+    import yaml
+
+    from mellm.errors import ConfigError
+
+    cfg = _cfg(assets, "older", "train.max_steps=2", "train.save_steps=2", "data.eval_split=null")
+    train(cfg, progress=False)
+    saved = Path(cfg.output_dir) / "config.yaml"
+    old = yaml.safe_load(saved.read_text())
+    del old["grpo"]["epsilon_high"]
+    saved.write_text(yaml.safe_dump(old))
+    resumed = train(_cfg(assets, "older", "train.max_steps=3", "train.save_steps=3", "data.eval_split=null"), progress=False)
+    assert json.loads((resumed.run_dir / "run.json").read_text())["start_step"] == 2
+    saved.write_text(yaml.safe_dump(old))
+    with pytest.raises(ConfigError, match="different grpo settings"):
+        train(_cfg(assets, "older", "train.max_steps=4", "grpo.epsilon_high=0.3", "data.eval_split=null"), progress=False)

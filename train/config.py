@@ -145,6 +145,9 @@ class GRPOSection(_Section):
     top_p: float = 1.0
     beta: float = 0.0  # KL to the starting policy; 0 needs no reference model
     epsilon: float = 0.2  # clipping of the policy ratio
+    # Upper clip (DAPO's clip-higher): above epsilon, unlikely answers that paid can grow faster,
+    # which keeps a group's answers from collapsing into one. None: epsilon on both sides.
+    epsilon_high: Optional[float] = None
     num_iterations: int = 1  # optimisation passes per generated batch
     loss_type: str = "dapo"
     scale_rewards: Literal["group", "batch", "none"] = "group"

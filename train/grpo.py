@@ -206,7 +206,8 @@ def grpo_args(cfg: TrainConfig, run_dir: Path, progress: bool, processor=None):
         ddp_find_unused_parameters=False,
         remove_unused_columns=False,  # the reward columns must reach the rewards
         num_generations=g.num_generations, max_completion_length=g.max_completion_length,
-        temperature=g.temperature, top_p=g.top_p, beta=g.beta, epsilon=g.epsilon, num_iterations=g.num_iterations,
+        temperature=g.temperature, top_p=g.top_p, beta=g.beta, epsilon=g.epsilon,
+        epsilon_high=g.epsilon_high, num_iterations=g.num_iterations,
         loss_type=g.loss_type, scale_rewards=g.scale_rewards,
         reward_weights=list(cfg.rewards.weights.values()),
         log_completions=g.log_completions, generation_kwargs=generation, **vllm,

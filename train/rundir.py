@@ -62,6 +62,22 @@ def last_checkpoint(run_dir: Path) -> Path | None:
     return max(ckpts, key=lambda p: int(p.name.split("-")[-1])) if ckpts else None
 
 
+def _same_section(cfg, key: str, before, now) -> bool:
+    """Whether a saved config section still describes this run. A key the saved section lacks
+    predates it (an older MELLM): what ran then was that key's default, so it counts as changed
+    only when this config sets it to something else."""
+    if not (isinstance(before, dict) and isinstance(now, dict)):
+        return before == now
+    from pydantic_core import to_jsonable_python
+
+    fields = type(getattr(cfg, key)).model_fields
+    for name, value in now.items():
+        ran = before[name] if name in before else to_jsonable_python(fields[name].get_default(call_default_factory=True))
+        if ran != value:
+            return False
+    return before.keys() <= now.keys()
+
+
 def prepare(cfg, is_main: bool = True) -> tuple[Path, Path | None]:
     """Create the run directory and decide where training starts; -> (run_dir, checkpoint or None).
 
@@ -78,8 +94,7 @@ def prepare(cfg, is_main: bool = True) -> tuple[Path, Path | None]:
     if resume is not None and saved.is_file():
         before = yaml.safe_load(saved.read_text())
         now = cfg.model_dump(mode="json")
-        # A key the saved config lacks predates it (an older MELLM): its default is what ran.
-        changed = [k for k in _RESUME_MUST_MATCH if k in before and before[k] != now.get(k)]
+        changed = [k for k in _RESUME_MUST_MATCH if k in before and not _same_section(cfg, k, before[k], now.get(k))]
         if changed:
             raise ConfigError(f"output_dir={run_dir} was started with different {', '.join(changed)} settings "
                               f"than this config; resuming would mix two runs. Use another output_dir or "
