@@ -211,15 +211,18 @@ def main() -> None:
                                "data.eval_split=null", f"data.qtypes=[{args.sft_qtypes}]", "train.logging_steps=10",
                                "train.gradient_checkpointing=false"]  # tiny model: memory is no issue
         dd = datasets.load_from_disk(str(data / "hf"))
-        sft_clips = None
+        train_clips = list(dict.fromkeys(dd["train"]["clip_id"]))  # in row order: rows come clip by clip
+        sft_clips = train_clips
         if args.sft_share < 1.0:
             # SFT sees the first share of the training clips; GRPO then also meets clips whose written
             # answers were never trained on, where only the labels (through the rewards) teach.
-            train_rows = [r for r in dd["train"].select_columns(["clip_id", "qtype"]) if r["qtype"] in args.sft_qtypes.split(",")]
-            clips = list(dict.fromkeys(r["clip_id"] for r in train_rows))
-            sft_clips = clips[:max(1, round(args.sft_share * len(clips)))]
-            n_rows = sum(r["clip_id"] in set(sft_clips) for r in train_rows)
-            assert all(r["clip_id"] in set(sft_clips) for r in train_rows[:n_rows])  # rows come clip by clip
+            qtypes = args.sft_qtypes.split(",")
+            rows = [c for c, q in zip(dd["train"]["clip_id"], dd["train"]["qtype"]) if q in qtypes]
+            with_rows = list(dict.fromkeys(rows))
+            sft_clips = with_rows[:max(1, round(args.sft_share * len(with_rows)))]
+            kept = set(sft_clips)
+            n_rows = sum(c in kept for c in rows)
+            assert all(c in kept for c in rows[:n_rows])  # data.max_train_samples takes the first rows
             sft_common.append(f"data.max_train_samples={n_rows}")
         t0 = time.time()
         sft = run_once(train, load_config("tiny_cpu", sft_common + [
@@ -244,7 +247,7 @@ def main() -> None:
             f"train.save_steps={args.grpo_steps}", f"train.batch_size={batch}", f"train.lr={args.grpo_lr}",
             f"grpo.num_generations={args.generations}", f"grpo.temperature={args.temperature}",
             f"data.qtypes=[{args.grpo_qtypes}]", "train.logging_steps=1",
-            *([f"grpo.epsilon_high={args.epsilon_high}"] if args.epsilon_high is not None else []),
+            f"grpo.epsilon_high={args.epsilon_high}",
             f"rewards.class_balanced={'true' if args.class_balanced else 'false'}"])
         t0 = time.time()
         grpo = train(grpo_cfg, callbacks=[held_out_callback(coarse_rows, processor, args.eval_every, curve)],
@@ -264,8 +267,7 @@ def main() -> None:
         first, last = (sum(r for _, r in rewards[:k]) / k, sum(r for _, r in rewards[-k:]) / k)
         machine["load_avg_1m_end"] = os.getloadavg()[0]
         report = {"machine": machine, "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-                  "train_clips": len(set(dd["train"]["clip_id"])),
-                  "sft_clips": len(sft_clips) if sft_clips else len(set(dd["train"]["clip_id"])),
+                  "train_clips": len(train_clips), "sft_clips": len(sft_clips),
                   "held_out_subjects": held_out_subjects, "held_out": {"coarse": len(coarse_rows), "au_list": len(au_rows)},
                   "rewards": grpo_cfg.rewards.model_dump(),
                   "reference_answers_support": reference_support(au_rows, data),
@@ -336,7 +338,7 @@ def write_report(report: dict, out: Path) -> None:
         "gateway's `claims[].supported` use."
         + (" The reference answers of the same questions: {}.".format(_share(report["reference_answers_support"]))
            if report.get("reference_answers_support") else "")
-        + ("" if "au_list" in a.get("sft_qtypes", "au_list") + a.get("grpo_qtypes", "au_list") else
+        + ("" if any("au_list" in a.get(k, "au_list").split(",") for k in ("sft_qtypes", "grpo_qtypes")) else
            " In this run neither SFT nor GRPO trained on AU-list questions, so the AU columns only show that "
            "the adapters do not list AUs they were never taught to."), "",
         f"Mean total reward over the GRPO run: first fifth of the steps {report['reward_first_fifth']:.3f}, "
