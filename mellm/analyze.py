@@ -32,6 +32,10 @@ from mellm.register import IOD_FRACTION, canonical_from_face, compose, frame_to_
 from mellm.spotting import motion_curve
 from mellm.video import ClipLimits, open_clip
 
+# Bumped whenever the same settings give different evidence, so caches keyed by `key()` are redone
+# (2: AU signatures of the brows and lower lip; blink-aware illumination and flow).
+ENGINE_REVISION = 2
+
 
 @dataclass(frozen=True)
 class PerceptionSettings:
@@ -50,7 +54,7 @@ class PerceptionSettings:
     # bench/results/perception_robustness.md; `legacy()` turns them all off.
     pre_align: str = "flow"  # flow: re-warp the apex by the head's affine motion from a coarse DIS flow | none
     illumination: str = "gain"  # gain: match the apex's brightness to the onset's (flicker) | none
-    blinks: str = "mask"  # mask: a blinking eye's lid regions are left out of the AU fit | none
+    blinks: str = "mask"  # mask: a blinking eye is pasted from the onset and its lid regions left out of the AU fit | none
     prefilter: str = "auto"  # Gaussian blur before the flow: auto (sigma 1 for JPEG/lossy video) | none | a sigma
     # An AU is present when its amplitude (crop px) reaches au_threshold_px and noise_floor times the
     # clip's still-region noise (mellm.robust.still_noise). Chosen on TUNING identities (bench
@@ -127,7 +131,8 @@ class PerceptionSettings:
             from mellm.meflow.backend import checkpoint_digest
 
             extra["checkpoint_sha"] = checkpoint_digest(self.flow_checkpoint)
-        blob = json.dumps({**self.to_dict(), **extra, "mellm": __version__, "schema": SCHEMA_VERSION}, sort_keys=True)
+        blob = json.dumps({**self.to_dict(), **extra, "mellm": __version__, "schema": SCHEMA_VERSION,
+                           "engine": ENGINE_REVISION}, sort_keys=True)
         return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
 
@@ -241,16 +246,20 @@ def analyze_clip(source: str | Path, onset: int | None = None, apex: int | None 
             to_crop_apex = compose(cv2.invertAffineTransform(pre), to_crop_apex)
             apex_crop = warp(apex_gray, to_crop_apex, s.crop_size)
         if s.illumination == "gain":
-            apex_crop, quality["illumination"] = robust.match_illumination(onset_crop, apex_crop, face_m)
+            # Without the eyes: a blink brightens one (lid skin over iris) and would bias the gain everywhere.
+            lit = face_m & ~robust.eye_mask(lm, size, iod)
+            apex_crop, quality["illumination"] = robust.match_illumination(onset_crop, apex_crop, lit)
         skip: set[str] = set()
+        flow_apex = apex_crop  # what the flow sees; the model is shown the real apex_crop
         if s.blinks == "mask":
             quality["eyes"] = robust.eye_closure(onset_crop, apex_crop, face_m, robust.eye_masks(lm, size, iod))
             blinking = quality["eyes"]["blink"]
             skip = {k for k in REGION_KEYS if "eyelid" in k and k.rsplit("|", 1)[1] in blinking}
+            flow_apex = robust.paste_eyes(onset_crop, apex_crop, robust.eye_masks(lm, size, iod, 0.12), blinking, 0.04 * iod)
     with timer("flow"):
         lossy = clip.lossy
         sigma = s.prefilter_sigma(lossy)
-        a, b = (onset_crop, apex_crop) if not sigma else (cv2.GaussianBlur(onset_crop, (0, 0), sigma), cv2.GaussianBlur(apex_crop, (0, 0), sigma))
+        a, b = (onset_crop, flow_apex) if not sigma else (cv2.GaussianBlur(onset_crop, (0, 0), sigma), cv2.GaussianBlur(flow_apex, (0, 0), sigma))
         # A backend with its own head flow (meflownet) replaces the head-motion removal.
         flow, head = expression_flow(get_flow(s.flow, s.flow_checkpoint), a, b, stable, nose_mask(lm, size, iod), s.head_motion)
     with timer("regions"):

@@ -29,10 +29,14 @@ BOTH_SIDES_RATIO = 0.5  # the weaker side must reach this share of the stronger 
 
 # (region name, which side: "same" as the AU's column | "C" midline | "both" sides,
 #  anatomical direction in degrees (0 = outward, 90 = up), weight)
+# The jaw and chin carry the whole lower lip, so AU17 and AU26 move its sides too, and AU26 moves
+# its middle as far as the chin; with the lip's sides missing from AU26, the fit added an AU25 to
+# every jaw drop. AU1 and AU2 lift the other end of the brow only a little (0.1; with 0.3 the fit
+# gave one brow raiser the other's motion and lost AU1 whenever both were there).
 SIGNATURES: dict[int, list[tuple[str, str, float, float]]] = {
-    1: [("inner brow", "same", 90, 1.0), ("outer brow", "same", 90, 0.3)],
-    2: [("outer brow", "same", 90, 1.0), ("inner brow", "same", 90, 0.3)],
-    4: [("inner brow", "same", 225, 1.0), ("outer brow", "same", 270, 0.4)],
+    1: [("inner brow", "same", 90, 1.0), ("outer brow", "same", 90, 0.1)],
+    2: [("outer brow", "same", 90, 1.0), ("inner brow", "same", 90, 0.1)],
+    4: [("inner brow", "same", 225, 1.0), ("outer brow", "same", 270, 0.2)],
     5: [("upper eyelid inner", "same", 90, 1.0), ("upper eyelid middle", "same", 90, 1.0), ("upper eyelid outer", "same", 90, 1.0)],
     6: [("cheek", "same", 90, 1.0), ("lower eyelid outer", "same", 90, 0.5), ("lower eyelid middle", "same", 90, 0.3)],
     7: [("lower eyelid inner", "same", 100, 1.0), ("lower eyelid middle", "same", 100, 1.0), ("lower eyelid outer", "same", 100, 1.0)],
@@ -41,10 +45,10 @@ SIGNATURES: dict[int, list[tuple[str, str, float, float]]] = {
     12: [("mouth corner", "same", 40, 1.0), ("cheek", "same", 90, 0.3)],
     14: [("mouth corner", "same", 180, 1.0)],
     15: [("mouth corner", "same", 280, 1.0)],
-    17: [("chin", "C", 90, 1.0), ("lower lip", "C", 90, 0.5)],
+    17: [("chin", "C", 90, 1.0), ("lower lip", "C", 90, 0.7), ("lower lip", "both", 90, 0.3)],
     20: [("mouth corner", "same", 0, 1.0), ("lower lip", "same", 315, 0.3)],
     25: [("lower lip", "C", 270, 1.0), ("lower lip", "both", 270, 0.7)],
-    26: [("chin", "C", 270, 1.0), ("lower lip", "C", 270, 0.8)],
+    26: [("chin", "C", 270, 1.0), ("lower lip", "C", 270, 1.0), ("lower lip", "both", 270, 0.5)],
 }
 MIDLINE = {17, 25, 26}
 

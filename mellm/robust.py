@@ -2,13 +2,15 @@
 
 - `match_illumination`: lighting flicker breaks brightness constancy, which TV-L1 assumes; the
   apex crop's brightness is matched to the onset's by a smooth gain (a plane in log intensity,
-  fitted over the face) before the flow.
+  fitted over the face without the eyes, which a blink brightens) before the flow.
 - `pre_align`: a coarse, fast flow (DIS) onset -> apex gives the head's similarity/affine motion
   on the still face pixels (rotation and scale included); the apex is re-warped by it, so the
   fine flow only has the residual, sub-pixel motion left to find.
 - `eye_closure`: a blink covers the eye; the appearance change inside each eye against the rest
   of the face tells a blink from lid motion (AU5/AU7 move the lid by a pixel or two; a blink
-  replaces iris by lid). A blinking eye's lid regions are left out of the AU fit.
+  replaces iris by lid). A blinking eye's lid regions are left out of the AU fit, and the flow is
+  given the apex with that eye pasted from the onset (`paste_eyes`), so the blink's appearance
+  change does not spread through the flow's smoothing into the brows and cheeks.
 - `still_noise`: how much motion the clip's own still pixels show at the size of a region: the
   noise floor an AU amplitude must clear (compression, sensor noise and flow error together).
 - `eye_mask`: the eyes, for spotting curves that a blink must not steer.
@@ -83,6 +85,18 @@ def eye_closure(onset: np.ndarray, apex: np.ndarray, face: np.ndarray, eyes: dic
     change = {side: float(diff[m].mean()) for side, m in eyes.items()}
     blink = sorted(s for s, c in change.items() if c >= BLINK_MIN_GREY and c / ref >= BLINK_RATIO)
     return {"blink": blink, "change": {s: round(c, 2) for s, c in change.items()}, "face_change": round(ref - 1.0, 2)}
+
+
+def paste_eyes(onset: np.ndarray, apex: np.ndarray, eyes: dict[str, np.ndarray], sides, feather: float) -> np.ndarray:
+    """`apex` with the eyes on `sides` replaced by the onset's, blended over `feather` px: a blink's
+    appearance change otherwise reaches the brows and cheeks through the flow's smoothing."""
+    if not sides:
+        return apex
+    m = np.zeros(apex.shape, np.float32)
+    for side in sides:
+        m = np.maximum(m, eyes[side].astype(np.float32))
+    m = np.clip(cv2.GaussianBlur(m, (0, 0), feather) * 1.5, 0, 1) if feather > 0 else m
+    return np.clip(m * onset + (1 - m) * apex + 0.5, 0, 255).astype(np.uint8)
 
 
 def still_noise(flow: np.ndarray, stable: np.ndarray, radius: int) -> float:
