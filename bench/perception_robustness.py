@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import statistics
 import sys
 import tempfile
@@ -101,7 +102,10 @@ def main() -> None:
     result = {"machine": machine, "split": args.split, "identities": list(ids), "seed": args.seed,
               "clips": args.clips, "me_free": args.me_free, "combined": args.combined, "frames": args.frames,
               "settings": {k: v.to_dict() for k, v in SETTINGS.items()}, "rows": rows}
-    with tempfile.TemporaryDirectory() as tmp, ProcessPoolExecutor(args.workers) as pool:
+    # spawn: workers forked after the main process has generated a corpus (and started OpenCV's and
+    # dlib's threads) can hang on a lock held at fork time; the build's pools spawn for the same reason.
+    with (tempfile.TemporaryDirectory() as tmp,
+          ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn")) as pool):
         work = args.work or Path(tmp)
         for name in args.conditions.split(","):
             big = name == "combined"

@@ -32,10 +32,13 @@ BOTH_SIDES_RATIO = 0.5  # the weaker side must reach this share of the stronger 
 # The jaw and chin carry the whole lower lip, so AU17 and AU26 move its sides too, and AU26 moves
 # its middle as far as the chin; with the lip's sides missing from AU26, the fit added an AU25 to
 # every jaw drop. AU1 and AU2 lift the other end of the brow only a little (0.1; with 0.3 the fit
-# gave one brow raiser the other's motion and lost AU1 whenever both were there).
+# gave one brow raiser the other's motion and lost AU1 whenever both were there), and they stretch
+# the upper-lid skin up (without it, a raised brow read as AU5 too). Parting the lips (AU25) drags
+# the chin a little. Checked against the generator's AU fields in tests/test_au_signatures.py.
 SIGNATURES: dict[int, list[tuple[str, str, float, float]]] = {
-    1: [("inner brow", "same", 90, 1.0), ("outer brow", "same", 90, 0.1)],
-    2: [("outer brow", "same", 90, 1.0), ("inner brow", "same", 90, 0.1)],
+    1: [("inner brow", "same", 90, 1.0), ("outer brow", "same", 90, 0.1), ("upper eyelid inner", "same", 90, 0.25),
+        ("upper eyelid middle", "same", 90, 0.15)],
+    2: [("outer brow", "same", 90, 1.0), ("inner brow", "same", 90, 0.1), ("upper eyelid outer", "same", 90, 0.1)],
     4: [("inner brow", "same", 225, 1.0), ("outer brow", "same", 270, 0.2)],
     5: [("upper eyelid inner", "same", 90, 1.0), ("upper eyelid middle", "same", 90, 1.0), ("upper eyelid outer", "same", 90, 1.0)],
     6: [("cheek", "same", 90, 1.0), ("lower eyelid outer", "same", 90, 0.5), ("lower eyelid middle", "same", 90, 0.3)],
@@ -47,7 +50,7 @@ SIGNATURES: dict[int, list[tuple[str, str, float, float]]] = {
     15: [("mouth corner", "same", 280, 1.0)],
     17: [("chin", "C", 90, 1.0), ("lower lip", "C", 90, 0.7), ("lower lip", "both", 90, 0.3)],
     20: [("mouth corner", "same", 0, 1.0), ("lower lip", "same", 315, 0.3)],
-    25: [("lower lip", "C", 270, 1.0), ("lower lip", "both", 270, 0.7)],
+    25: [("lower lip", "C", 270, 1.0), ("lower lip", "both", 270, 0.7), ("chin", "C", 270, 0.1)],
     26: [("chin", "C", 270, 1.0), ("lower lip", "C", 270, 1.0), ("lower lip", "both", 270, 0.5)],
 }
 MIDLINE = {17, 25, 26}
