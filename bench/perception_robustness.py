@@ -47,6 +47,7 @@ ABLATIONS = {
     "new - noise_floor": ({"noise_floor": 0.0}, "given"),
     "new - noise_floor, threshold 0.25": ({"noise_floor": 0.0, "au_threshold_px": 0.25}, "given"),
     "new - spot eyes/edges excluded": ({"spot_eyes": True}, "spotted"), "new - spot pooling": ({"spot_pool": 0.0}, "spotted"),
+    "new - illumination, apex spotted": ({"illumination": "none"}, "spotted"), "new - spot crop 192 px (128)": ({"spot_size": 128}, "spotted"),
 }
 
 

@@ -33,8 +33,9 @@ from mellm.spotting import motion_curve
 from mellm.video import ClipLimits, open_clip
 
 # Bumped whenever the same settings give different evidence, so caches keyed by `key()` are redone
-# (2: AU signatures of the brows and lower lip; blink-aware illumination and flow).
-ENGINE_REVISION = 2
+# (2: AU signatures of the brows and lower lip; blink-aware illumination and flow; 3: small faces'
+# boxes found again at full resolution, spotting curves with the illumination gain).
+ENGINE_REVISION = 3
 
 
 @dataclass(frozen=True)
@@ -48,12 +49,14 @@ class PerceptionSettings:
     register: str = "auto"
     head_motion: str = "affine"  # affine | median | nose | none
     spot_flow: str = "dis"
-    spot_size: int = 128
+    # 192, not 128: on tuning clips with every nuisance (seeds 500, 901), apex +-2 0.77 -> 0.89 (256: 0.88);
+    # a spotted clip takes ~1.4x as long (bench/results/perception_robustness.md, last row).
+    spot_size: int = 192
     face_backend: str = "dlib68"
     # Defences against recording nuisances (mellm/robust.py), each measured on its own in
     # bench/results/perception_robustness.md; `legacy()` turns them all off.
     pre_align: str = "flow"  # flow: re-warp the apex by the head's affine motion from a coarse DIS flow | none
-    illumination: str = "gain"  # gain: match the apex's brightness to the onset's (flicker) | none
+    illumination: str = "gain"  # gain: match the apex's (and each spotted frame's) brightness to the onset's (flicker) | none
     blinks: str = "mask"  # mask: a blinking eye is pasted from the onset and its lid regions left out of the AU fit | none
     prefilter: str = "auto"  # Gaussian blur before the flow: auto (sigma 1 for JPEG/lossy video) | none | a sigma
     # An AU is present when its amplitude (crop px) reaches au_threshold_px and noise_floor times the
@@ -75,7 +78,7 @@ class PerceptionSettings:
     @classmethod
     def legacy(cls, **kw) -> PerceptionSettings:
         """The settings before the nuisance defences (MELLM <= 0.x): for comparisons."""
-        return cls(**{"pre_align": "none", "illumination": "none", "blinks": "none", "prefilter": "none",
+        return cls(**{"spot_size": 128, "pre_align": "none", "illumination": "none", "blinks": "none", "prefilter": "none",
                       "au_threshold_px": 0.25, "noise_floor": 0.0, "spot_eyes": True, "spot_pool": 0.0, "spot_smooth": 3, **kw})
 
     def __post_init__(self):
@@ -225,7 +228,8 @@ def analyze_clip(source: str | Path, onset: int | None = None, apex: int | None 
             raise FrameRangeError(f"no frames after onset frame {onset} in {clip.path} to spot an apex in")
         with timer("spot"):
             spotted = motion_curve(clip, onset, onset_rgb, last, canon, s.spot_size, s.spot_flow, s.head_motion,
-                                   checkpoint=s.flow_checkpoint, eyes=s.spot_eyes, pool=s.spot_pool, smooth=s.spot_smooth)
+                                   checkpoint=s.flow_checkpoint, eyes=s.spot_eyes, pool=s.spot_pool, smooth=s.spot_smooth,
+                                   illumination=s.illumination == "gain")
     given_apex = apex is not None
     if not given_apex:
         apex = spotted.apex

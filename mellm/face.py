@@ -84,12 +84,16 @@ def load_face_models() -> None:
     _dlib_models()
 
 
+HOG_WINDOW = 80  # px: dlib's frontal detector scans an 80x80 window
+
+
 class DlibFace:
     """dlib HOG detector + 68-point shape predictor.
 
     HOG detection costs ~140 ms at 512x512, so it runs on a copy downscaled to `detect_width`;
-    if no face is found there it retries at full size with one upsampling (small faces,
-    pre-cropped dataset frames)."""
+    a face found there smaller than the HOG window is found again at full size around its box
+    (`_refine_box`), and if no face is found there it retries at full size with one upsampling
+    (small faces, pre-cropped dataset frames)."""
 
     name = "dlib68"
 
@@ -110,6 +114,8 @@ class DlibFace:
             raise NoFaceError("no face found")
         r = max(rects, key=lambda r: r.width() * r.height())
         box = (round(r.left() / scale), round(r.top() / scale), round(r.width() / scale), round(r.height() / scale))
+        if scale < 1 and r.width() < HOG_WINDOW:
+            box = _refine_box(detector, gray, box)
         return Face(box, self.landmarks(rgb, box))
 
     def landmarks(self, rgb: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
@@ -119,6 +125,21 @@ class DlibFace:
         x, y, w, h = box
         shape = predictor(_gray(rgb), dlib.rectangle(int(x), int(y), int(x + w), int(y + h)))
         return np.array([(p.x, p.y) for p in shape.parts()], dtype=np.float32)
+
+
+def _refine_box(detector, gray: np.ndarray, box: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+    """The box of a face found smaller than the HOG window in the downscaled copy, found again at
+    full resolution in a crop around it. A coarse box there put the 68 landmarks 0.13 IOD off on
+    faces 55 px between the eyes (0.045 IOD after), and the regions with them."""
+    x, y, w, h = box
+    m = w // 2
+    x0, y0 = max(0, x - m), max(0, y - m)
+    crop = gray[y0:y + h + m, x0:x + w + m]
+    rects = detector(crop, 1 if w < 2 * HOG_WINDOW else 0)
+    if not rects:
+        return box
+    r = max(rects, key=lambda r: r.width() * r.height())
+    return (r.left() + x0, r.top() + y0, r.width(), r.height())
 
 
 def _gray(rgb: np.ndarray) -> np.ndarray:

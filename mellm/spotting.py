@@ -39,21 +39,24 @@ class MotionCurve:
 
 def motion_curve(clip: Clip, onset: int, onset_rgb: np.ndarray, last: int, canon: Canonical, size: int = 128,
                  method: str = "dis", head_motion: str = "affine", batch: int = 32, eyes: bool = True,
-                 pool: float = 0.0, smooth: int = 3, checkpoint: str | None = None) -> MotionCurve:
+                 pool: float = 0.0, smooth: int = 3, checkpoint: str | None = None, illumination: bool = False) -> MotionCurve:
     """The curve over frames onset+1..last; `onset_rgb` is frame `onset`, already decoded by the caller.
 
     eyes=False leaves the eyes (with EYE_MARGIN IOD around them) and the crop's edges (BORDER) out
     of the face mask, so a blink (large, fast, and unrelated to the ME) or a head leaving the crop
     cannot become the apex. pool > 0 averages the flow over boxes of `pool` IOD before the
     strongest pixels are taken: an ME moves patches of skin coherently, compression and sensor
-    noise move single pixels."""
-    from mellm.robust import eye_mask
+    noise move single pixels. illumination=True matches each frame's brightness to the onset's
+    (robust.match_illumination, without the eyes) first: DIS assumes constant brightness, and a
+    flicker otherwise reads as motion all over the face."""
+    from mellm.robust import eye_mask, match_illumination
 
     scale = size / canon.size
     matrix = canon.matrix * scale
     lm = canon.landmarks * scale
     iod = canon.iod * scale
     fmask, smask, nmask = face_mask(lm, size, iod), stable_mask(lm, size, iod), nose_mask(lm, size, iod)
+    lit = fmask & ~eye_mask(lm, size, iod)
     if not eyes:
         fmask = fmask & ~eye_mask(lm, size, iod, EYE_MARGIN + pool)
         # Nor the crop's edge: where a moving, scaling head leaves the crop, the warp smears
@@ -67,7 +70,10 @@ def motion_curve(clip: Clip, onset: int, onset_rgb: np.ndarray, last: int, canon
     mags = []
     for start in range(0, len(frames), batch):  # bounded memory for long clips
         for img in clip.read_many(frames[start:start + batch]):
-            flow, _ = expression_flow(flow_fn, onset_crop, warp(_gray(img), matrix, size), smask, nmask, head_motion)
+            crop = warp(_gray(img), matrix, size)
+            if illumination:
+                crop, _ = match_illumination(onset_crop, crop, lit, blur=4.0 * scale)
+            flow, _ = expression_flow(flow_fn, onset_crop, crop, smask, nmask, head_motion)
             if box > 1:
                 flow = cv2.blur(flow, (box, box))
             m = np.linalg.norm(flow[fmask], axis=-1)

@@ -3,7 +3,9 @@
 import numpy as np
 import pytest
 
+from mellm.face import DlibFace, _dlib_models
 from mellm.faces import HELD_OUT, TUNING, get_identity, identity_face, make_identity
+from mellm.synth import identity_base
 
 
 def _iod(lm: np.ndarray) -> float:
@@ -41,3 +43,17 @@ def test_a_made_identity_changes_the_proportions_it_says():
     assert mouth(lm) - mouth(base) == pytest.approx(0.2 * iod, abs=0.08 * iod)
     assert nose(lm) - nose(base) == pytest.approx(0.15 * iod, abs=0.08 * iod)
     assert _iod(lm) == pytest.approx(iod, abs=0.05 * iod)  # the eyes were not asked to move
+
+
+@pytest.mark.parametrize("identity,centre", [("astronaut-2", (170.0, 150.0)), ("hopper-0", (470.0, 330.0)),
+                                             ("hopper-3", (180.0, 340.0))])
+def test_a_small_face_anywhere_is_the_one_face_in_its_frame_and_is_found_there(identity, centre):
+    # 52 px between the eyes off-centre in 640x480: most of the frame lies outside the photo. It
+    # must hold no copy of the face (a mirrored border made two to four), and the detector's coarse
+    # box, found on a half-size copy below its 80 px window, is refined at full size.
+    img, truth = identity_base(identity, 640, 480, 52.0, centre)
+    grey = np.clip(img, 0, 255).astype(np.uint8).mean(-1).astype(np.uint8)
+    detector, _ = _dlib_models()
+    assert len(detector(grey, 1)) == 1
+    face = DlibFace().detect(np.repeat(grey[..., None], 3, -1))
+    assert np.linalg.norm(face.landmarks - truth, axis=1).mean() < 0.1 * 52.0
