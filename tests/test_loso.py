@@ -73,7 +73,7 @@ def composite(tmp_path_factory):
 
 def loso_args(composite, out: Path, *extra: str) -> list[str]:
     return ["loso", "--config", str(CONFIG), f"data.dir={composite['data']}", f"model.name_or_path={composite['model']}",
-            "train.max_steps=8", "train.save_steps=4", "train.lr=2e-2", "train.batch_size=4", "train.logging_steps=1",
+            "train.max_steps=8", "train.save_steps=4", "train.lr=1e-2", "train.batch_size=4", "train.logging_steps=1",
             "train.gradient_checkpointing=false", "train.report_to=[]", "data.eval_split=null", "model.max_pixels=3136",
             f"data.qtypes=[{QTYPES}]", "--out", str(out), "--engine", "transformers", "--max-new-tokens", "12", *extra]
 
@@ -142,7 +142,8 @@ def test_pooled_report_equals_scoring_the_concatenated_predictions(composite, lo
     direct = mellm("eval", "score", "--questions", str(questions), "--predictions", str(predictions), "--out", str(tmp_path / "r"))
     assert direct.returncode == 0, direct.stderr
     # Eight steps at a high learning rate are enough for the tiny model to answer with label words in
-    # some folds (measured: 9 of 22 answers), so the reports compared score real answers, not only "".
+    # most folds (measured at engine revision 3: 18 of 22 answers at lr 1e-2; 2e-2 gave 9 of 22 before
+    # and 2 after that revision changed the evidence text), so the reports compared score real answers.
     answers = [p["answer"] for p in read_jsonl(predictions)]
     assert sum(bool(a) for a in answers) >= len(answers) // 4, answers
     mine = json.loads((out / "pooled" / "report.json").read_text())
