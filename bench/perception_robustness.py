@@ -13,7 +13,7 @@ ME-free clips with any AU reported, and the median perception time per clip. Wit
 combined condition is also run with the new settings minus one defence at a time.
 
 Usage: .venv/bin/python bench/perception_robustness.py [--clips 12] [--me-free 3] [--combined 36]
-       [--split held-out|tuning] [--seed 2026] [--ablate] [--workers 2] [--work DIR]
+       [--split held-out|tuning] [--seed 2027] [--ablate] [--workers 2] [--work DIR]
 Writes bench/results/perception_robustness.json and .md (with --split tuning: *_tuning.*).
 """
 
@@ -43,11 +43,12 @@ SETTINGS = {"today": PerceptionSettings.legacy(), "new": PerceptionSettings()}
 # with it spotted (the other mode would repeat the new settings' figures).
 ABLATIONS = {
     "new - pre_align": ({"pre_align": "none"}, "given"), "new - illumination": ({"illumination": "none"}, "given"),
-    "new - blinks": ({"blinks": "none"}, "given"), "new - prefilter": ({"prefilter": "none"}, "given"),
+    "new - blinks": ({"blinks": "none"}, "given"), "new + prefilter": ({"prefilter": "auto"}, "given"),
     "new - noise_floor": ({"noise_floor": 0.0}, "given"),
     "new - noise_floor, threshold 0.25": ({"noise_floor": 0.0, "au_threshold_px": 0.25}, "given"),
     "new - spot eyes/edges excluded": ({"spot_eyes": True}, "spotted"), "new - spot pooling": ({"spot_pool": 0.0}, "spotted"),
     "new - illumination, apex spotted": ({"illumination": "none"}, "spotted"), "new - spot crop 192 px (128)": ({"spot_size": 128}, "spotted"),
+    "new - spot head tracking": ({"spot_track": False}, "spotted"),
 }
 
 
@@ -90,7 +91,9 @@ def main() -> None:
     ap.add_argument("--combined", type=int, default=36, help="ME clips in the combined condition (and a third as many ME-free)")
     ap.add_argument("--frames", type=int, default=40)
     ap.add_argument("--split", choices=["held-out", "tuning"], default="held-out")
-    ap.add_argument("--seed", type=int, default=2026)
+    # 2027: the held-out clips of seed 2026 were looked at when the prefilter was switched off (a tie on
+    # tuning clips that seed 2026 broke), so they no longer give a blind figure; 2027's were never seen.
+    ap.add_argument("--seed", type=int, default=2027)
     ap.add_argument("--conditions", default=",".join(CONDITIONS))
     ap.add_argument("--ablate", action="store_true")
     ap.add_argument("--workers", type=int, default=2)

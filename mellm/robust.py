@@ -47,8 +47,14 @@ def pre_align(onset: np.ndarray, apex: np.ndarray, stable: np.ndarray) -> np.nda
     from a coarse DIS flow fitted robustly (Tukey IRLS) on `stable`."""
     dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_FAST)
     flow = dis.calc(onset, apex, None)
-    field, params = _robust_affine(flow, stable)
-    h, w = onset.shape
+    _, params = _robust_affine(flow, stable)
+    return affine_matrix(params, onset.shape)
+
+
+def affine_matrix(params, shape: tuple[int, int]) -> np.ndarray:
+    """The 2x3 matrix x -> x + field(x) of an affine flow field given by flow._robust_affine's
+    params on an image of `shape` (h, w)."""
+    h, w = shape[:2]
     c = np.array(params).reshape(3, 2)  # rows: constant, x-term, y-term (centred, scaled coords)
     cx, cy, s = w / 2, h / 2, max(w, h) / 2
     a = np.array([[1 + c[1, 0] / s, c[2, 0] / s], [c[1, 1] / s, 1 + c[2, 1] / s]])

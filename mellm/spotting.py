@@ -1,9 +1,10 @@
 """Apex spotting: the frame where facial motion relative to the onset frame peaks.
 
 For every frame between onset and offset, flow from the onset is computed on a small face crop
-(fast DIS), global head motion is removed, and the frame's motion is the mean of the strongest 5%
-of flow magnitudes inside the face (an ME moves a small part of the face, so a plain mean would
-drown it in noise). The curve is smoothed over a few frames (3 by default); its maximum is the apex.
+(fast DIS) once the frame is warped by the head motion tracked so far; the head motion left is
+removed, and the frame's motion is the mean of the strongest 5% of flow magnitudes inside the
+face (an ME moves a small part of the face, so a plain mean would drown it in noise). The curve
+is smoothed over a few frames (3 by default); its maximum is the apex.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import numpy as np
 
 from mellm.flow import CHECKPOINT_BACKENDS, expression_flow, get_flow
 from mellm.regions import face_mask, nose_mask, stable_mask
-from mellm.register import Canonical, warp
+from mellm.register import Canonical, compose, warp
 from mellm.video import Clip
 
 TOP_FRACTION = 0.05
@@ -39,7 +40,8 @@ class MotionCurve:
 
 def motion_curve(clip: Clip, onset: int, onset_rgb: np.ndarray, last: int, canon: Canonical, size: int = 128,
                  method: str = "dis", head_motion: str = "affine", batch: int = 32, eyes: bool = True,
-                 pool: float = 0.0, smooth: int = 3, checkpoint: str | None = None, illumination: bool = False) -> MotionCurve:
+                 pool: float = 0.0, smooth: int = 3, checkpoint: str | None = None, illumination: bool = False,
+                 track: bool = False) -> MotionCurve:
     """The curve over frames onset+1..last; `onset_rgb` is frame `onset`, already decoded by the caller.
 
     eyes=False leaves the eyes (with EYE_MARGIN IOD around them) and the crop's edges (BORDER) out
@@ -48,8 +50,11 @@ def motion_curve(clip: Clip, onset: int, onset_rgb: np.ndarray, last: int, canon
     strongest pixels are taken: an ME moves patches of skin coherently, compression and sensor
     noise move single pixels. illumination=True matches each frame's brightness to the onset's
     (robust.match_illumination, without the eyes) first: DIS assumes constant brightness, and a
-    flicker otherwise reads as motion all over the face."""
-    from mellm.robust import eye_mask, match_illumination
+    flicker otherwise reads as motion all over the face. track=True warps each frame by the head
+    motion found up to the frame before (the affine fit of `head_motion`), so the flow measures
+    only the small change since: a head turning through the clip otherwise leaves a residual in
+    the flow that grows frame by frame and can outgrow the ME."""
+    from mellm.robust import affine_matrix, eye_mask, match_illumination
 
     scale = size / canon.size
     matrix = canon.matrix * scale
@@ -68,12 +73,15 @@ def motion_curve(clip: Clip, onset: int, onset_rgb: np.ndarray, last: int, canon
     onset_crop = warp(_gray(onset_rgb), matrix, size)
     frames = clip.numbers_between(onset + 1, last)
     mags = []
+    head = np.hstack([np.eye(2), np.zeros((2, 1))])  # onset crop -> this frame's crop, as tracked so far
     for start in range(0, len(frames), batch):  # bounded memory for long clips
         for img in clip.read_many(frames[start:start + batch]):
-            crop = warp(_gray(img), matrix, size)
+            crop = warp(_gray(img), compose(cv2.invertAffineTransform(head), matrix) if track else matrix, size)
             if illumination:
                 crop, _ = match_illumination(onset_crop, crop, lit, blur=4.0 * scale)
-            flow, _ = expression_flow(flow_fn, onset_crop, crop, smask, nmask, head_motion)
+            flow, motion = expression_flow(flow_fn, onset_crop, crop, smask, nmask, head_motion)
+            if track and motion.method == "affine":
+                head = compose(head, affine_matrix(motion.params, crop.shape))
             if box > 1:
                 flow = cv2.blur(flow, (box, box))
             m = np.linalg.norm(flow[fmask], axis=-1)
