@@ -261,8 +261,7 @@ def analyze_clip(source: str | Path, onset: int | None = None, apex: int | None 
             to_crop_apex = compose(cv2.invertAffineTransform(pre), to_crop_apex)
             apex_crop = warp(apex_gray, to_crop_apex, s.crop_size)
         if s.illumination == "gain":
-            # Without the eyes: a blink brightens one (lid skin over iris) and would bias the gain everywhere.
-            lit = face_m & ~robust.eye_mask(lm, size, iod)
+            lit = robust.lit_mask(face_m, lm, size, iod)
             apex_crop, quality["illumination"] = robust.match_illumination(onset_crop, apex_crop, lit)
         skip: set[str] = set()
         flow_apex = apex_crop  # what the flow sees; the model is shown the real apex_crop

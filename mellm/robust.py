@@ -13,7 +13,7 @@
   change does not spread through the flow's smoothing into the brows and cheeks.
 - `still_noise`: how much motion the clip's own still pixels show at the size of a region: the
   noise floor an AU amplitude must clear (compression, sensor noise and flow error together).
-- `eye_mask`: the eyes, for spotting curves that a blink must not steer.
+- `eye_mask`: the eyes, for spotting curves and illumination gains that a blink must not steer.
 """
 
 from __future__ import annotations
@@ -25,12 +25,15 @@ from mellm.face import EYE_L, EYE_R
 from mellm.flow import _robust_affine
 
 
-def match_illumination(onset: np.ndarray, apex: np.ndarray, mask: np.ndarray, blur: float = 4.0) -> tuple[np.ndarray, dict]:
+def match_illumination(onset: np.ndarray, apex: np.ndarray, mask: np.ndarray, blur: float = 4.0,
+                       onset_blurred: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
     """`apex` (uint8 grey) with its brightness matched to `onset` over `mask`: the log ratio of the
-    blurred images is fitted by a plane (gain and a linear gradient) and divided out."""
+    blurred images is fitted by a plane (gain and a linear gradient) and divided out.
+    `onset_blurred` (`blurred(onset, blur)`) saves a caller that matches many frames to one onset
+    from blurring it again for each."""
     h, w = onset.shape
-    lo = cv2.GaussianBlur(onset.astype(np.float32), (0, 0), blur)
-    la = cv2.GaussianBlur(apex.astype(np.float32), (0, 0), blur)
+    lo = blurred(onset, blur) if onset_blurred is None else onset_blurred
+    la = blurred(apex, blur)
     ys, xs = np.nonzero(mask[::2, ::2])
     ys, xs = ys * 2, xs * 2
     ratio = np.log(lo[ys, xs] + 1.0) - np.log(la[ys, xs] + 1.0)
@@ -40,6 +43,16 @@ def match_illumination(onset: np.ndarray, apex: np.ndarray, mask: np.ndarray, bl
     gain = np.exp(coef[0] + coef[1] * (gx - w / 2) / w + coef[2] * (gy - h / 2) / h)
     out = np.clip(apex.astype(np.float32) * gain + 0.5, 0, 255).astype(np.uint8)
     return out, {"gain": round(float(np.exp(coef[0])), 4), "gradient": [round(float(c), 4) for c in coef[1:]]}
+
+
+def blurred(img: np.ndarray, sigma: float) -> np.ndarray:
+    return cv2.GaussianBlur(img.astype(np.float32), (0, 0), sigma)
+
+
+def lit_mask(face: np.ndarray, landmarks: np.ndarray, size: int, iod: float) -> np.ndarray:
+    """Where the illumination gain is fitted: the face without the eyes, since a blink brightens
+    an eye (lid skin over iris) and would bias the gain everywhere."""
+    return face & ~eye_mask(landmarks, size, iod)
 
 
 def pre_align(onset: np.ndarray, apex: np.ndarray, stable: np.ndarray) -> np.ndarray:
@@ -86,7 +99,7 @@ BLINK_MIN_GREY = 6.0  # and at least this mean absolute change, grey levels
 def eye_closure(onset: np.ndarray, apex: np.ndarray, face: np.ndarray, eyes: dict[str, np.ndarray]) -> dict:
     """Per eye, the mean absolute grey change onset -> apex inside the eye against the face's median
     change; "blink": the sides whose change says the eye closed (or opened) in between."""
-    diff = np.abs(cv2.GaussianBlur(onset.astype(np.float32), (0, 0), 1.0) - cv2.GaussianBlur(apex.astype(np.float32), (0, 0), 1.0))
+    diff = np.abs(blurred(onset, 1.0) - blurred(apex, 1.0))
     ref = float(np.median(diff[face])) + 1.0
     change = {side: float(diff[m].mean()) for side, m in eyes.items()}
     blink = sorted(s for s, c in change.items() if c >= BLINK_MIN_GREY and c / ref >= BLINK_RATIO)

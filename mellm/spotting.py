@@ -54,14 +54,14 @@ def motion_curve(clip: Clip, onset: int, onset_rgb: np.ndarray, last: int, canon
     motion found up to the frame before (the affine fit of `head_motion`), so the flow measures
     only the small change since: a head turning through the clip otherwise leaves a residual in
     the flow that grows frame by frame and can outgrow the ME."""
-    from mellm.robust import affine_matrix, eye_mask, match_illumination
+    from mellm.robust import affine_matrix, blurred, eye_mask, lit_mask, match_illumination
 
     scale = size / canon.size
     matrix = canon.matrix * scale
     lm = canon.landmarks * scale
     iod = canon.iod * scale
     fmask, smask, nmask = face_mask(lm, size, iod), stable_mask(lm, size, iod), nose_mask(lm, size, iod)
-    lit = fmask & ~eye_mask(lm, size, iod)
+    lit = lit_mask(fmask, lm, size, iod)
     if not eyes:
         fmask = fmask & ~eye_mask(lm, size, iod, EYE_MARGIN + pool)
         # Nor the crop's edge: where a moving, scaling head leaves the crop, the warp smears
@@ -71,6 +71,7 @@ def motion_curve(clip: Clip, onset: int, onset_rgb: np.ndarray, last: int, canon
     box = 2 * int(round(pool * iod)) + 1
     flow_fn = get_flow(method, checkpoint if method in CHECKPOINT_BACKENDS else None)
     onset_crop = warp(_gray(onset_rgb), matrix, size)
+    onset_blurred = blurred(onset_crop, 4.0 * scale) if illumination else None
     frames = clip.numbers_between(onset + 1, last)
     mags = []
     head = np.hstack([np.eye(2), np.zeros((2, 1))])  # onset crop -> this frame's crop, as tracked so far
@@ -78,7 +79,7 @@ def motion_curve(clip: Clip, onset: int, onset_rgb: np.ndarray, last: int, canon
         for img in clip.read_many(frames[start:start + batch]):
             crop = warp(_gray(img), compose(cv2.invertAffineTransform(head), matrix) if track else matrix, size)
             if illumination:
-                crop, _ = match_illumination(onset_crop, crop, lit, blur=4.0 * scale)
+                crop, _ = match_illumination(onset_crop, crop, lit, 4.0 * scale, onset_blurred)
             flow, motion = expression_flow(flow_fn, onset_crop, crop, smask, nmask, head_motion)
             if track and motion.method == "affine":
                 head = compose(head, affine_matrix(motion.params, crop.shape))
