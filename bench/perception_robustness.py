@@ -15,6 +15,7 @@ combined condition is also run with the new settings minus one defence at a time
 Usage: .venv/bin/python bench/perception_robustness.py [--clips 12] [--me-free 3] [--combined 36]
        [--split held-out|tuning] [--seed 2027] [--ablate] [--workers 2] [--work DIR]
 Writes bench/results/perception_robustness.json and .md (with --split tuning: *_tuning.*).
+The committed runs used --clips 8 --me-free 2 (and --ablate for the default held-out seed); the JSON records it.
 """
 
 from __future__ import annotations
