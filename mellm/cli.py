@@ -189,7 +189,7 @@ def analyze(
     flow_checkpoint: Optional[Path] = typer.Option(None, help="meflownet: a `mellm train-flow` run directory or its model/meflownet.pt."),
     fps: Optional[float] = typer.Option(None, help="Frame rate of a frame folder (videos carry their own)."),
     calibration: Optional[Path] = typer.Option(None, help="Per-AU thresholds from `mellm calibrate` (recorded in evidence.json)."),
-    legacy: bool = typer.Option(False, help="Perception without the nuisance defences (blinks, head pre-alignment, flicker, noise floor), as before."),
+    legacy: bool = typer.Option(False, help="Perception as before the nuisance defences: no blink handling, head pre-alignment, flicker matching or noise floor, and apex spotting at 128 px without eye exclusion, pooling or head tracking."),
 ):
     """Motion evidence for one clip: regions, Action Units, description and flow colour map."""
     from mellm.analyze import PerceptionSettings, analyze_clip, save_analysis
